@@ -1,0 +1,1 @@
+//! tap-controller: keeps a TransactionPipeline converged into its AWS stack.
