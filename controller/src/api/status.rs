@@ -1,0 +1,152 @@
+//! Observed state reported on `TransactionPipeline.status`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionPipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Overall phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// `Ready`, `Drifted`, `Degraded` and, when another pipeline owns the suffix, `Conflict`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// One entry per AWS resource of the stack.
+    #[serde(default)]
+    pub resources: Vec<ResourceStatus>,
+    /// One entry per drifted field.
+    #[serde(default)]
+    pub drift: Vec<DriftEntry>,
+    /// Number of drifted fields (the DRIFT column).
+    #[serde(default)]
+    pub drift_count: i32,
+    /// What clients of the stack need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<StackOutputs>,
+    /// When AWS was last read in full (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    Provisioning,
+    Ready,
+    Drifted,
+    WaitingForImages,
+    Deleting,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Provisioning => "Provisioning",
+            Phase::Ready => "Ready",
+            Phase::Drifted => "Drifted",
+            Phase::WaitingForImages => "WaitingForImages",
+            Phase::Deleting => "Deleting",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+/// One AWS resource of the stack.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceStatus {
+    /// Resource kind, e.g. `Function`, `Table`.
+    pub kind: String,
+    /// AWS name.
+    pub name: String,
+    /// ARN, URL or id, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    pub state: ResourceState,
+    /// What happened last, or what blocks it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ResourceState {
+    /// Exists and matches the spec.
+    Ready,
+    Created,
+    Updated,
+    /// Differs from the spec and `driftPolicy: Report` forbids correcting it.
+    Drifted,
+    /// Does not exist and `driftPolicy: Report` forbids creating it.
+    Missing,
+    /// Waits for a dependency (an image, another resource).
+    Waiting,
+    /// A resource with this name exists but is not owned by this pipeline: left untouched.
+    Conflict,
+    Failed,
+    Deleted,
+    /// `deletionPolicy: Retain` left it in AWS.
+    Retained,
+}
+
+/// One field of one resource that differs from the spec.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftEntry {
+    pub kind: String,
+    pub name: String,
+    /// Path of the field inside the resource, e.g. `memoryMb` or `policies.s3-access`.
+    pub field: String,
+    /// The value the spec asks for (JSON).
+    pub expected: String,
+    /// The value AWS reports (JSON; `null` when absent).
+    pub actual: String,
+    /// When this drift was first seen (RFC 3339).
+    pub first_seen: String,
+    pub action: DriftAction,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DriftAction {
+    /// Rewritten to the spec's value.
+    Corrected,
+    /// Observed only (`driftPolicy: Report`).
+    Reported,
+    /// Came back right after being corrected: AWS keeps another value. Retried with backoff.
+    Uncorrectable,
+}
+
+/// What clients of the stack need. The API key's value is never here: it is in the Secret
+/// `<pipeline>-api-key`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StackOutputs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactions_table: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_table: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_machine_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlq_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
+    /// Function ARN by function (`csvValidator`, …).
+    #[serde(default)]
+    pub function_arns: BTreeMap<String, String>,
+    /// ECR repository URI by function.
+    #[serde(default)]
+    pub repository_uris: BTreeMap<String, String>,
+}

@@ -1,0 +1,168 @@
+//! One error type for every AWS call a driver makes: which resource, which call, what AWS said, and
+//! whether retrying can help.
+
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Throttling, 5xx, timeouts, eventual consistency: retry with backoff.
+    Transient,
+    /// The resource does not exist.
+    NotFound,
+    /// Validation, access denied, limits: retrying the same request will not help.
+    Terminal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{call} on {resource}: {message}")]
+pub struct AwsError {
+    /// The resource the call was about, e.g. `Function tap-dev1-csv-validator`.
+    pub resource: String,
+    /// The AWS operation, e.g. `lambda:CreateFunction`.
+    pub call: String,
+    /// AWS's error code, when it sent one.
+    pub code: Option<String>,
+    pub message: String,
+    pub class: ErrorClass,
+}
+
+impl AwsError {
+    pub fn is_not_found(&self) -> bool {
+        self.class == ErrorClass::NotFound
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.class == ErrorClass::Transient
+    }
+
+    /// An error the engine raises itself about a resource (no AWS error behind it).
+    pub fn terminal(resource: impl Into<String>, call: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { resource: resource.into(), call: call.into(), code: None, message: message.into(), class: ErrorClass::Terminal }
+    }
+
+    pub fn transient(resource: impl Into<String>, call: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { resource: resource.into(), call: call.into(), code: None, message: message.into(), class: ErrorClass::Transient }
+    }
+}
+
+const NOT_FOUND_CODES: &[&str] = &[
+    "NoSuchBucket",
+    "NoSuchKey",
+    "NoSuchTagSet",
+    "NoSuchTagSetError",
+    "NoSuchBucketPolicy",
+    "NoSuchPublicAccessBlockConfiguration",
+    "ServerSideEncryptionConfigurationNotFoundError",
+    "NotFound",
+    "NotFoundException",
+    "ResourceNotFoundException",
+    "ResourceNotFoundFault",
+    "RepositoryNotFoundException",
+    "RepositoryPolicyNotFoundException",
+    "ImageNotFoundException",
+    "NoSuchEntity",
+    "StateMachineDoesNotExist",
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "QueueDoesNotExist",
+];
+
+const TRANSIENT_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "ProvisionedThroughputExceededException",
+    "SlowDown",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "InternalError",
+    "InternalFailure",
+    "InternalServerError",
+    "ServiceException",
+    // Lambda: an update is still in progress; DynamoDB: the table is being created/updated.
+    "ResourceConflictException",
+    "ResourceInUseException",
+    "ConcurrentModificationException",
+    "ConflictException",
+    "OperationAbortedException",
+];
+
+/// Classifies an AWS error code and message.
+pub fn classify(code: Option<&str>, message: &str, status: Option<u16>) -> ErrorClass {
+    match code {
+        Some(code) if NOT_FOUND_CODES.contains(&code) => ErrorClass::NotFound,
+        Some(code) if TRANSIENT_CODES.contains(&code) => ErrorClass::Transient,
+        // IAM is eventually consistent: a role created a moment ago is not yet assumable.
+        Some("InvalidParameterValueException" | "AccessDeniedException" | "InvalidArn")
+            if message.contains("cannot be assumed") || message.contains("not authorized to perform: sts:AssumeRole") =>
+        {
+            ErrorClass::Transient
+        }
+        _ if status.is_some_and(|s| s == 404) && code.is_none() => ErrorClass::NotFound,
+        _ if status.is_some_and(|s| s == 429 || s >= 500) => ErrorClass::Transient,
+        _ => ErrorClass::Terminal,
+    }
+}
+
+/// Adds the resource and call to an SDK error.
+pub trait ResultExt<T> {
+    fn context(self, resource: impl Into<String>, call: &str) -> Result<T, AwsError>;
+}
+
+impl<T, E, R> ResultExt<T> for Result<T, SdkError<E, R>>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HttpStatus,
+{
+    fn context(self, resource: impl Into<String>, call: &str) -> Result<T, AwsError> {
+        self.map_err(|err| {
+            let status = err.raw_response().map(|r| r.status_code());
+            let (code, message, class) = match &err {
+                SdkError::ServiceError(service) => {
+                    let e = service.err();
+                    let code = e.code().map(str::to_string);
+                    let message = e.message().map(str::to_string).unwrap_or_else(|| e.to_string());
+                    let class = classify(code.as_deref(), &message, status);
+                    (code, message, class)
+                }
+                SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+                    (None, format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)), ErrorClass::Transient)
+                }
+                _ => (None, format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)), ErrorClass::Terminal),
+            };
+            AwsError { resource: resource.into(), call: call.to_string(), code, message, class }
+        })
+    }
+}
+
+/// The HTTP status of a raw response, for classification.
+pub trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_smithy_runtime_api::http::Response {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_throttling_missing_and_validation() {
+        assert_eq!(classify(Some("ThrottlingException"), "Rate exceeded", Some(400)), ErrorClass::Transient);
+        assert_eq!(classify(Some("NoSuchEntity"), "role not found", Some(404)), ErrorClass::NotFound);
+        assert_eq!(classify(Some("ValidationException"), "bad", Some(400)), ErrorClass::Terminal);
+        assert_eq!(classify(None, "", Some(503)), ErrorClass::Transient);
+        assert_eq!(
+            classify(Some("InvalidParameterValueException"), "The role defined for the function cannot be assumed by Lambda.", Some(400)),
+            ErrorClass::Transient
+        );
+    }
+}

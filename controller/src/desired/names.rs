@@ -1,0 +1,94 @@
+//! AWS names of every resource of a stack, derived from the suffix: `tap-<suffix>-…`.
+
+/// The three functions, by their short name (also their repository's and log group's).
+pub const FUNCTIONS: [&str; 3] = ["csv-validator", "data-transformer", "notification-sender"];
+
+pub fn prefix(suffix: &str) -> String {
+    format!("tap-{suffix}")
+}
+
+/// The bucket carries the account id too: bucket names are global.
+pub fn bucket(suffix: &str, account_id: &str) -> String {
+    format!("tap-{suffix}-uploads-{account_id}")
+}
+
+pub fn transactions_table(suffix: &str) -> String {
+    format!("tap-{suffix}-transactions")
+}
+
+pub fn status_table(suffix: &str) -> String {
+    format!("tap-{suffix}-processing-status")
+}
+
+pub fn repository(suffix: &str, function: &str) -> String {
+    format!("tap-{suffix}-{function}")
+}
+
+pub fn function(suffix: &str, function: &str) -> String {
+    format!("tap-{suffix}-{function}")
+}
+
+pub fn function_role(suffix: &str, function: &str) -> String {
+    format!("tap-{suffix}-{function}-role")
+}
+
+pub fn function_log_group(suffix: &str, function: &str) -> String {
+    format!("/aws/lambda/tap-{suffix}-{function}")
+}
+
+pub fn state_machine(suffix: &str) -> String {
+    format!("tap-{suffix}-pipeline")
+}
+
+pub fn state_machine_role(suffix: &str) -> String {
+    format!("tap-{suffix}-pipeline-role")
+}
+
+pub fn state_machine_log_group(suffix: &str) -> String {
+    format!("/aws/vendedlogs/states/tap-{suffix}-pipeline")
+}
+
+pub fn dlq(suffix: &str) -> String {
+    format!("tap-{suffix}-dlq")
+}
+
+pub fn topic(suffix: &str) -> String {
+    format!("tap-{suffix}-notifications")
+}
+
+pub fn rest_api(suffix: &str) -> String {
+    format!("tap-{suffix}-api")
+}
+
+pub fn usage_plan(suffix: &str) -> String {
+    format!("tap-{suffix}-usage-plan")
+}
+
+pub fn api_key(suffix: &str) -> String {
+    format!("tap-{suffix}-api-key")
+}
+
+pub fn function_errors_alarm(suffix: &str, function: &str) -> String {
+    format!("tap-{suffix}-{function}-errors")
+}
+
+pub fn state_machine_failed_alarm(suffix: &str) -> String {
+    format!("tap-{suffix}-pipeline-failed")
+}
+
+/// camelCase key of a function in the spec and in status outputs (`csv-validator` → `csvValidator`).
+pub fn camel(function: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in function.chars() {
+        if c == '-' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
