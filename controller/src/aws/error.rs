@@ -12,6 +12,9 @@ pub enum ErrorClass {
     NotFound,
     /// Validation, access denied, limits: retrying the same request will not help.
     Terminal,
+    /// Something the resource needs is not there yet (an image not pushed): not an error of AWS, the
+    /// pipeline waits and the message says what to do.
+    Waiting,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,6 +42,10 @@ impl AwsError {
     /// An error the engine raises itself about a resource (no AWS error behind it).
     pub fn terminal(resource: impl Into<String>, call: impl Into<String>, message: impl Into<String>) -> Self {
         Self { resource: resource.into(), call: call.into(), code: None, message: message.into(), class: ErrorClass::Terminal }
+    }
+
+    pub fn waiting(resource: impl Into<String>, call: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { resource: resource.into(), call: call.into(), code: None, message: message.into(), class: ErrorClass::Waiting }
     }
 
     pub fn transient(resource: impl Into<String>, call: impl Into<String>, message: impl Into<String>) -> Self {
