@@ -7,3 +7,4 @@ pub mod api;
 pub mod aws;
 pub mod desired;
 pub mod drivers;
+pub mod engine;

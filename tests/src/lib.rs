@@ -63,13 +63,21 @@ impl Emulator {
             EmulatorKind::Moto => {
                 let python = std::env::var("TAP_MOTO_PYTHON").unwrap_or_else(|_| "python3".into());
                 let mut c = Command::new(python);
-                c.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]);
+                c.args([
+                    "-m",
+                    "moto.server",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ]);
                 c
             }
             EmulatorKind::Ministack => {
                 let bin = std::env::var("TAP_MINISTACK_BIN").unwrap_or_else(|_| "ministack".into());
                 let mut c = Command::new(bin);
-                c.env("GATEWAY_PORT", port.to_string()).env("BIND_HOST", "127.0.0.1");
+                c.env("GATEWAY_PORT", port.to_string())
+                    .env("BIND_HOST", "127.0.0.1");
                 c
             }
         };
@@ -80,7 +88,12 @@ impl Emulator {
             .spawn()
             .with_context(|| format!("starting {} (is it installed? see .ci/run)", kind.name()))?;
         let endpoint = format!("http://127.0.0.1:{port}");
-        let mut emulator = Emulator { kind, endpoint, region: TEST_REGION.into(), child };
+        let mut emulator = Emulator {
+            kind,
+            endpoint,
+            region: TEST_REGION.into(),
+            child,
+        };
         emulator.wait_ready().await?;
         if kind == EmulatorKind::Moto {
             // Closer to AWS: no Docker for Lambda, and Step Functions really runs executions.
@@ -124,7 +137,10 @@ impl Emulator {
         let mut response = String::new();
         stream.read_to_string(&mut response).await?;
         if !response.starts_with("HTTP/1.1 2") && !response.starts_with("HTTP/1.0 2") {
-            bail!("POST {path} answered: {}", response.lines().next().unwrap_or_default());
+            bail!(
+                "POST {path} answered: {}",
+                response.lines().next().unwrap_or_default()
+            );
         }
         Ok(())
     }
@@ -136,7 +152,11 @@ impl Emulator {
             .region(Region::new(self.region.clone()))
             .endpoint_url(&self.endpoint)
             .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                "testing", "testing", None, None, "tap-tests",
+                "testing",
+                "testing",
+                None,
+                None,
+                "tap-tests",
             )))
             .build()
     }
