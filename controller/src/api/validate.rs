@@ -307,3 +307,136 @@ pub fn validate(spec: &TransactionPipelineSpec) -> Result<(), ValidationErrors> 
         Err(ValidationErrors(c.0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> TransactionPipelineSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const BASE: &str = "
+environmentSuffix: dev1
+functions:
+  csvValidator: {image: {tag: v1}}
+  dataTransformer: {image: {tag: v1}}
+  notificationSender: {image: {tag: v1}}
+";
+
+    fn errors(extra: &str, replace: Option<(&str, &str)>) -> Vec<String> {
+        let mut yaml = format!("{BASE}{extra}");
+        if let Some((from, to)) = replace {
+            yaml = yaml.replace(from, to);
+        }
+        match validate(&spec(&yaml)) {
+            Ok(()) => vec![],
+            Err(e) => e.0.iter().map(|e| e.field.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_minimal_spec_is_valid_with_defaults() {
+        let s = spec(BASE);
+        assert!(validate(&s).is_ok());
+        assert_eq!(s.functions.csv_validator.memory_mb, 512);
+        assert_eq!(s.log_retention_days, 14);
+        assert_eq!(s.api.stage_name, "prod");
+    }
+
+    #[test]
+    fn each_error_names_its_field() {
+        assert_eq!(
+            errors(
+                "",
+                Some(("environmentSuffix: dev1", "environmentSuffix: Dev_1"))
+            ),
+            ["spec.environmentSuffix"]
+        );
+        assert_eq!(
+            errors(
+                "",
+                Some(("environmentSuffix: dev1", "environmentSuffix: dev1-"))
+            ),
+            ["spec.environmentSuffix"]
+        );
+        assert_eq!(
+            errors(
+                "",
+                Some((
+                    "environmentSuffix: dev1",
+                    "environmentSuffix: abcdefghijklmnopqrstu"
+                ))
+            ),
+            ["spec.environmentSuffix"]
+        );
+        assert_eq!(
+            errors(
+                "",
+                Some((
+                    "csvValidator: {image: {tag: v1}}",
+                    "csvValidator: {image: {tag: v1}, memoryMb: 64}"
+                ))
+            ),
+            ["spec.functions.csvValidator.memoryMb"]
+        );
+        assert_eq!(
+            errors(
+                "",
+                Some((
+                    "dataTransformer: {image: {tag: v1}}",
+                    "dataTransformer: {image: {}, timeoutSeconds: 901}"
+                ))
+            ),
+            [
+                "spec.functions.dataTransformer.image",
+                "spec.functions.dataTransformer.timeoutSeconds"
+            ]
+        );
+        assert_eq!(
+            errors(
+                "",
+                Some((
+                    "notificationSender: {image: {tag: v1}}",
+                    "notificationSender: {image: {tag: v1}, environment: {BUCKET_NAME: x}}"
+                ))
+            ),
+            ["spec.functions.notificationSender.environment.BUCKET_NAME"]
+        );
+        assert_eq!(
+            errors("logRetentionDays: 10\n", None),
+            ["spec.logRetentionDays"]
+        );
+        assert_eq!(errors("region: mars\n", None), ["spec.region"]);
+        assert_eq!(
+            errors("tags: {\"tap.dev/pipeline\": x}\n", None),
+            ["spec.tags.tap.dev/pipeline"]
+        );
+        assert_eq!(
+            errors("notifications: {emails: [not-an-email]}\n", None),
+            ["spec.notifications.emails[0]"]
+        );
+        assert_eq!(errors("alarms: {lambdaErrorThreshold: 1, stateMachineFailedThreshold: 1, evaluationPeriods: 1, periodSeconds: 45}\n", None), ["spec.alarms.periodSeconds"]);
+        assert_eq!(
+            errors(
+                "stateMachine: {retry: {maxAttempts: 11, intervalSeconds: 2, backoffRate: 2.0}}\n",
+                None
+            ),
+            ["spec.stateMachine.retry.maxAttempts"]
+        );
+        assert_eq!(
+            errors("api: {stageName: \"bad stage\"}\n", None),
+            ["spec.api.stageName"]
+        );
+    }
+
+    #[test]
+    fn the_message_states_the_rule_and_the_value() {
+        let yaml = BASE.replace(
+            "csvValidator: {image: {tag: v1}}",
+            "csvValidator: {image: {tag: v1}, memoryMb: 64}",
+        );
+        let message = validate(&spec(&yaml)).unwrap_err().to_string();
+        assert_eq!(message, "invalid spec: spec.functions.csvValidator.memoryMb: must be between 128 and 10240 (got 64)");
+    }
+}
