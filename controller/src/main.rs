@@ -15,6 +15,8 @@ fn init_tracing(args: &LogArgs) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // kube and the AWS SDK may both enable a rustls provider; pick one for the whole process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Crd => {
