@@ -145,6 +145,11 @@ impl Emulator {
         Ok(())
     }
 
+    /// The emulator's process id (to read its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SDK configuration pointing at this emulator, with static test credentials.
     pub fn sdk_config(&self) -> SdkConfig {
         SdkConfig::builder()
@@ -167,4 +172,24 @@ impl Drop for Emulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Peak resident set size of a process in MiB (`VmHWM`), Linux only.
+pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// A fake image manifest the emulators accept for `ecr:PutImage` (they never run it).
+pub fn fake_image_manifest(tag: &str) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":{},"digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}},"layers":[]}}"#,
+        2 + tag.len()
+    )
 }
