@@ -99,6 +99,8 @@ async fn waits_for_images_then_converges_reads_back_and_tears_down() {
     // 1. No images yet: everything that does not need them converges; the functions wait, saying what to push.
     let first = h.reconcile(&spec).await;
     assert_eq!(first.phase(false), Phase::WaitingForImages, "{:#?}", not_done(&first));
+    let creates: u64 = first.calls.iter().filter(|((_, op), _)| op == "CreateTable").map(|(_, n)| n).sum();
+    assert_eq!(creates, 2, "the call counter sees every operation: {:?}", first.calls);
     let Action::Wait(message) = action(&first, Kind::Function, "tap-dev1-csv-validator") else {
         panic!("csv-validator should wait for its image: {:?}", action(&first, Kind::Function, "tap-dev1-csv-validator"));
     };
