@@ -8,7 +8,7 @@ cargo build --quiet -p tap-controller
 bin=target/debug/tap-controller
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-python3 -m moto.server -H 127.0.0.1 -p "$port" >/tmp/tap-quickstart-moto.log 2>&1 &
+PYTHONPATH="$PWD/tests/moto${PYTHONPATH:+:$PYTHONPATH}" python3 -m moto.server -H 127.0.0.1 -p "$port" >/tmp/tap-quickstart-moto.log 2>&1 &
 moto=$!
 trap 'kill $moto 2>/dev/null || true' EXIT
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
