@@ -46,6 +46,16 @@ pub struct Emulator {
 
 pub const TEST_REGION: &str = "us-east-1";
 
+/// `PYTHONPATH` for a moto process: `tests/moto` (its `sitecustomize.py` adapts moto to the Rust SDK)
+/// ahead of whatever is already set.
+pub fn moto_pythonpath() -> String {
+    let patches = concat!(env!("CARGO_MANIFEST_DIR"), "/moto");
+    match std::env::var("PYTHONPATH") {
+        Ok(existing) if !existing.is_empty() => format!("{patches}:{existing}"),
+        _ => patches.to_string(),
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
     Ok(listener.local_addr()?.port())
@@ -71,6 +81,8 @@ impl Emulator {
                     "-p",
                     &port.to_string(),
                 ]);
+                // tests/moto/sitecustomize.py adapts moto's answers the Rust SDK rejects (see that file).
+                c.env("PYTHONPATH", moto_pythonpath());
                 c
             }
             EmulatorKind::Ministack => {
