@@ -5,5 +5,8 @@
 
 pub mod api;
 pub mod aws;
+pub mod cli;
 pub mod desired;
 pub mod drivers;
+pub mod engine;
+pub mod k8s;

@@ -1,1 +1,58 @@
-fn main() {}
+use clap::Parser;
+use tap_controller::cli::{self, Cli, Command, LogArgs, LogFormat};
+
+fn init_tracing(args: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // kube and the AWS SDK may both enable a rustls provider; pick one for the whole process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Crd => {
+            print!("{}", cli::crd_yaml());
+            0
+        }
+        Command::Run(args) => {
+            init_tracing(&args.logging);
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            let config = tap_controller::k8s::RunConfig {
+                resync: std::time::Duration::from_secs(args.resync_seconds),
+                concurrency: args.concurrency,
+                metrics_addr: args.metrics_addr,
+                namespaces: args
+                    .namespaces
+                    .into_iter()
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+                leader_election: args.leader_election,
+                lease_name: args.lease_name,
+                extra_tags: args.extra_tags,
+            };
+            tap_controller::k8s::run(config, sdk).await?;
+            0
+        }
+        Command::Apply(args) => cli::apply(&args).await?,
+        Command::Plan(args) => match cli::plan(&args).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                cli::EXIT_ERROR
+            }
+        },
+        Command::Destroy(args) => cli::destroy(&args).await?,
+    };
+    std::process::exit(code);
+}

@@ -63,13 +63,21 @@ impl Emulator {
             EmulatorKind::Moto => {
                 let python = std::env::var("TAP_MOTO_PYTHON").unwrap_or_else(|_| "python3".into());
                 let mut c = Command::new(python);
-                c.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]);
+                c.args([
+                    "-m",
+                    "moto.server",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ]);
                 c
             }
             EmulatorKind::Ministack => {
                 let bin = std::env::var("TAP_MINISTACK_BIN").unwrap_or_else(|_| "ministack".into());
                 let mut c = Command::new(bin);
-                c.env("GATEWAY_PORT", port.to_string()).env("BIND_HOST", "127.0.0.1");
+                c.env("GATEWAY_PORT", port.to_string())
+                    .env("BIND_HOST", "127.0.0.1");
                 c
             }
         };
@@ -80,7 +88,12 @@ impl Emulator {
             .spawn()
             .with_context(|| format!("starting {} (is it installed? see .ci/run)", kind.name()))?;
         let endpoint = format!("http://127.0.0.1:{port}");
-        let mut emulator = Emulator { kind, endpoint, region: TEST_REGION.into(), child };
+        let mut emulator = Emulator {
+            kind,
+            endpoint,
+            region: TEST_REGION.into(),
+            child,
+        };
         emulator.wait_ready().await?;
         if kind == EmulatorKind::Moto {
             // Closer to AWS: no Docker for Lambda, and Step Functions really runs executions.
@@ -124,9 +137,17 @@ impl Emulator {
         let mut response = String::new();
         stream.read_to_string(&mut response).await?;
         if !response.starts_with("HTTP/1.1 2") && !response.starts_with("HTTP/1.0 2") {
-            bail!("POST {path} answered: {}", response.lines().next().unwrap_or_default());
+            bail!(
+                "POST {path} answered: {}",
+                response.lines().next().unwrap_or_default()
+            );
         }
         Ok(())
+    }
+
+    /// The emulator's process id (to read its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SDK configuration pointing at this emulator, with static test credentials.
@@ -136,7 +157,11 @@ impl Emulator {
             .region(Region::new(self.region.clone()))
             .endpoint_url(&self.endpoint)
             .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                "testing", "testing", None, None, "tap-tests",
+                "testing",
+                "testing",
+                None,
+                None,
+                "tap-tests",
             )))
             .build()
     }
@@ -147,4 +172,24 @@ impl Drop for Emulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Peak resident set size of a process in MiB (`VmHWM`), Linux only.
+pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// A fake image manifest the emulators accept for `ecr:PutImage` (they never run it).
+pub fn fake_image_manifest(tag: &str) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":{},"digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}},"layers":[]}}"#,
+        2 + tag.len()
+    )
 }

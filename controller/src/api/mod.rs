@@ -37,7 +37,10 @@ pub const FINALIZER: &str = "tap.dev/cleanup";
 pub struct TransactionPipelineSpec {
     /// Suffix carried by every AWS resource name (`tap-<suffix>-…`). Lower-case letters, digits and
     /// inner hyphens, 1 to 20 characters. Immutable: changing it would orphan the whole stack.
-    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 20),
+        regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$")
+    )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("environmentSuffix is immutable"))]
     pub environment_suffix: String,
 
@@ -165,7 +168,10 @@ pub struct StateMachineSettings {
 
 impl Default for StateMachineSettings {
     fn default() -> Self {
-        Self { retry: RetrySettings::default(), log_level: LogLevel::default() }
+        Self {
+            retry: RetrySettings::default(),
+            log_level: LogLevel::default(),
+        }
     }
 }
 
@@ -185,7 +191,11 @@ pub struct RetrySettings {
 
 impl Default for RetrySettings {
     fn default() -> Self {
-        Self { max_attempts: 3, interval_seconds: 2, backoff_rate: 2.0 }
+        Self {
+            max_attempts: 3,
+            interval_seconds: 2,
+            backoff_rate: 2.0,
+        }
     }
 }
 
@@ -234,7 +244,11 @@ fn default_stage_name() -> String {
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        Self { stage_name: default_stage_name(), throttle: Default::default(), quota: Default::default() }
+        Self {
+            stage_name: default_stage_name(),
+            throttle: Default::default(),
+            quota: Default::default(),
+        }
     }
 }
 
@@ -251,7 +265,10 @@ pub struct ThrottleSettings {
 
 impl Default for ThrottleSettings {
     fn default() -> Self {
-        Self { rate_limit: 100.0, burst_limit: 200 }
+        Self {
+            rate_limit: 100.0,
+            burst_limit: 200,
+        }
     }
 }
 
@@ -267,7 +284,10 @@ pub struct QuotaSettings {
 
 impl Default for QuotaSettings {
     fn default() -> Self {
-        Self { limit: 10_000, period: QuotaPeriod::Day }
+        Self {
+            limit: 10_000,
+            period: QuotaPeriod::Day,
+        }
     }
 }
 

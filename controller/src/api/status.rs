@@ -69,6 +69,7 @@ pub struct ResourceStatus {
     /// ARN, URL or id, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arn: Option<String>,
+    /// Where the resource stands after the last reconcile.
     pub state: ResourceState,
     /// What happened last, or what blocks it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -99,7 +100,9 @@ pub enum ResourceState {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DriftEntry {
+    /// Resource kind, e.g. `Function`.
     pub kind: String,
+    /// AWS name of the resource.
     pub name: String,
     /// Path of the field inside the resource, e.g. `memoryMb` or `policies.s3-access`.
     pub field: String,
@@ -109,6 +112,7 @@ pub struct DriftEntry {
     pub actual: String,
     /// When this drift was first seen (RFC 3339).
     pub first_seen: String,
+    /// What the controller did about it.
     pub action: DriftAction,
 }
 
@@ -128,20 +132,28 @@ pub enum DriftAction {
 #[serde(rename_all = "camelCase")]
 pub struct StackOutputs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// URL clients POST CSV files to (`…/<stage>/upload`; send the API key in `x-api-key`).
     pub api_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The upload bucket.
     pub bucket_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// DynamoDB table of normalised transactions.
     pub transactions_table: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// DynamoDB table of per-upload processing status.
     pub status_table: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The EXPRESS state machine.
     pub state_machine_arn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// SNS topic of processing notifications.
     pub topic_arn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// SQS dead-letter queue of failed executions and invocations.
     pub dlq_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Id of the API key; its value is in the Secret `<pipeline>-api-key`, never here.
     pub api_key_id: Option<String>,
     /// Function ARN by function (`csvValidator`, …).
     #[serde(default)]

@@ -40,16 +40,46 @@ impl AwsError {
     }
 
     /// An error the engine raises itself about a resource (no AWS error behind it).
-    pub fn terminal(resource: impl Into<String>, call: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { resource: resource.into(), call: call.into(), code: None, message: message.into(), class: ErrorClass::Terminal }
+    pub fn terminal(
+        resource: impl Into<String>,
+        call: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            resource: resource.into(),
+            call: call.into(),
+            code: None,
+            message: message.into(),
+            class: ErrorClass::Terminal,
+        }
     }
 
-    pub fn waiting(resource: impl Into<String>, call: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { resource: resource.into(), call: call.into(), code: None, message: message.into(), class: ErrorClass::Waiting }
+    pub fn waiting(
+        resource: impl Into<String>,
+        call: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            resource: resource.into(),
+            call: call.into(),
+            code: None,
+            message: message.into(),
+            class: ErrorClass::Waiting,
+        }
     }
 
-    pub fn transient(resource: impl Into<String>, call: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { resource: resource.into(), call: call.into(), code: None, message: message.into(), class: ErrorClass::Transient }
+    pub fn transient(
+        resource: impl Into<String>,
+        call: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            resource: resource.into(),
+            call: call.into(),
+            code: None,
+            message: message.into(),
+            class: ErrorClass::Transient,
+        }
     }
 }
 
@@ -105,7 +135,8 @@ pub fn classify(code: Option<&str>, message: &str, status: Option<u16>) -> Error
         Some(code) if TRANSIENT_CODES.contains(&code) => ErrorClass::Transient,
         // IAM is eventually consistent: a role created a moment ago is not yet assumable.
         Some("InvalidParameterValueException" | "AccessDeniedException" | "InvalidArn")
-            if message.contains("cannot be assumed") || message.contains("not authorized to perform: sts:AssumeRole") =>
+            if message.contains("cannot be assumed")
+                || message.contains("not authorized to perform: sts:AssumeRole") =>
         {
             ErrorClass::Transient
         }
@@ -132,16 +163,39 @@ where
                 SdkError::ServiceError(service) => {
                     let e = service.err();
                     let code = e.code().map(str::to_string);
-                    let message = e.message().map(str::to_string).unwrap_or_else(|| e.to_string());
+                    let message = e
+                        .message()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| e.to_string());
                     let class = classify(code.as_deref(), &message, status);
                     (code, message, class)
                 }
-                SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                    (None, format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)), ErrorClass::Transient)
-                }
-                _ => (None, format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)), ErrorClass::Terminal),
+                SdkError::TimeoutError(_)
+                | SdkError::DispatchFailure(_)
+                | SdkError::ResponseError(_) => (
+                    None,
+                    format!(
+                        "{}",
+                        aws_smithy_types::error::display::DisplayErrorContext(&err)
+                    ),
+                    ErrorClass::Transient,
+                ),
+                _ => (
+                    None,
+                    format!(
+                        "{}",
+                        aws_smithy_types::error::display::DisplayErrorContext(&err)
+                    ),
+                    ErrorClass::Terminal,
+                ),
             };
-            AwsError { resource: resource.into(), call: call.to_string(), code, message, class }
+            AwsError {
+                resource: resource.into(),
+                call: call.to_string(),
+                code,
+                message,
+                class,
+            }
         })
     }
 }
@@ -163,12 +217,25 @@ mod tests {
 
     #[test]
     fn classifies_throttling_missing_and_validation() {
-        assert_eq!(classify(Some("ThrottlingException"), "Rate exceeded", Some(400)), ErrorClass::Transient);
-        assert_eq!(classify(Some("NoSuchEntity"), "role not found", Some(404)), ErrorClass::NotFound);
-        assert_eq!(classify(Some("ValidationException"), "bad", Some(400)), ErrorClass::Terminal);
+        assert_eq!(
+            classify(Some("ThrottlingException"), "Rate exceeded", Some(400)),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            classify(Some("NoSuchEntity"), "role not found", Some(404)),
+            ErrorClass::NotFound
+        );
+        assert_eq!(
+            classify(Some("ValidationException"), "bad", Some(400)),
+            ErrorClass::Terminal
+        );
         assert_eq!(classify(None, "", Some(503)), ErrorClass::Transient);
         assert_eq!(
-            classify(Some("InvalidParameterValueException"), "The role defined for the function cannot be assumed by Lambda.", Some(400)),
+            classify(
+                Some("InvalidParameterValueException"),
+                "The role defined for the function cannot be assumed by Lambda.",
+                Some(400)
+            ),
             ErrorClass::Transient
         );
     }

@@ -3,7 +3,7 @@
 mod calls;
 mod error;
 
-pub use calls::{CallCounter, CallKey};
+pub use calls::{is_read, CallCounter, CallKey, Observer};
 pub use error::{AwsError, ErrorClass, ResultExt};
 
 use aws_config::SdkConfig;
@@ -31,7 +31,11 @@ pub struct Aws {
 
 macro_rules! client {
     ($krate:ident, $sdk:expr, $calls:expr) => {
-        $krate::Client::from_conf($krate::config::Builder::from($sdk).interceptor($calls.clone()).build())
+        $krate::Client::from_conf(
+            $krate::config::Builder::from($sdk)
+                .interceptor($calls.clone())
+                .build(),
+        )
     };
 }
 
@@ -39,7 +43,10 @@ impl Aws {
     /// Builds the clients and reads the account id from STS (never hard-coded: emulators differ).
     pub async fn connect(sdk: &SdkConfig) -> Result<Self, AwsError> {
         let calls = CallCounter::default();
-        let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into());
+        let region = sdk
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "us-east-1".into());
         let sts = client!(aws_sdk_sts, sdk, calls);
         let identity = sts
             .get_caller_identity()

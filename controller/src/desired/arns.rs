@@ -10,13 +10,19 @@ pub struct Arns {
 
 impl Arns {
     fn regional(&self, service: &str, rest: &str) -> String {
-        format!("arn:{}:{service}:{}:{}:{rest}", self.partition, self.region, self.account_id)
+        format!(
+            "arn:{}:{service}:{}:{}:{rest}",
+            self.partition, self.region, self.account_id
+        )
     }
     pub fn function(&self, name: &str) -> String {
         self.regional("lambda", &format!("function:{name}"))
     }
     pub fn role(&self, name: &str) -> String {
-        format!("arn:{}:iam::{}:role/{name}", self.partition, self.account_id)
+        format!(
+            "arn:{}:iam::{}:role/{name}",
+            self.partition, self.account_id
+        )
     }
     pub fn state_machine(&self, name: &str) -> String {
         self.regional("states", &format!("stateMachine:{name}"))
@@ -26,7 +32,10 @@ impl Arns {
     }
     /// The queue URL as AWS forms it (used inside the state machine definition).
     pub fn queue_url(&self, name: &str) -> String {
-        format!("https://sqs.{}.amazonaws.com/{}/{name}", self.region, self.account_id)
+        format!(
+            "https://sqs.{}.amazonaws.com/{}/{name}",
+            self.region, self.account_id
+        )
     }
     pub fn topic(&self, name: &str) -> String {
         self.regional("sns", name)
@@ -41,7 +50,10 @@ impl Arns {
         self.regional("logs", &format!("log-group:{name}"))
     }
     pub fn repository_uri(&self, name: &str) -> String {
-        format!("{}.dkr.ecr.{}.amazonaws.com/{name}", self.account_id, self.region)
+        format!(
+            "{}.dkr.ecr.{}.amazonaws.com/{name}",
+            self.account_id, self.region
+        )
     }
     /// Invocation URI of a Lambda function for an API Gateway integration.
     pub fn lambda_integration_uri(&self, function_arn: &str) -> String {

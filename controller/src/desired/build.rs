@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::arns::Arns;
-use super::{names, policies, specs::*, Kind, Resource, ResourceId, ResourceSpec, Stack, Tags, OWNER_TAG, SUFFIX_TAG};
+use super::{
+    names, policies, specs::*, Kind, Resource, ResourceId, ResourceSpec, Stack, Tags, OWNER_TAG,
+    SUFFIX_TAG,
+};
 use crate::api::{FunctionSettings, TransactionPipelineSpec};
 
 /// Where and for whom the stack is built: what the spec alone does not say.
@@ -22,12 +25,19 @@ pub struct StackEnv {
 
 impl StackEnv {
     pub fn arns(&self) -> Arns {
-        Arns { partition: self.partition.clone(), region: self.region.clone(), account_id: self.account_id.clone() }
+        Arns {
+            partition: self.partition.clone(),
+            region: self.region.clone(),
+            account_id: self.account_id.clone(),
+        }
     }
 }
 
 fn id(kind: Kind, name: impl Into<String>) -> ResourceId {
-    ResourceId { kind, name: name.into() }
+    ResourceId {
+        kind,
+        name: name.into(),
+    }
 }
 
 struct Builder<'a> {
@@ -40,7 +50,12 @@ struct Builder<'a> {
 impl Builder<'_> {
     fn add(&mut self, id: ResourceId, depends_on: Vec<ResourceId>, spec: ResourceSpec) {
         debug_assert_eq!(id.kind, spec.kind());
-        self.resources.push(Resource { id, depends_on, tags: self.tags.clone(), spec });
+        self.resources.push(Resource {
+            id,
+            depends_on,
+            tags: self.tags.clone(),
+            spec,
+        });
     }
 
     fn function_settings(&self, function: &str) -> &FunctionSettings {
@@ -61,7 +76,12 @@ pub fn build_stack(spec: &TransactionPipelineSpec, env: &StackEnv) -> Stack {
     tags.extend(spec.tags.clone());
     tags.insert(OWNER_TAG.into(), env.owner.clone());
     tags.insert(SUFFIX_TAG.into(), suffix.into());
-    let mut b = Builder { spec, arns: env.arns(), tags, resources: Vec::new() };
+    let mut b = Builder {
+        spec,
+        arns: env.arns(),
+        tags,
+        resources: Vec::new(),
+    };
     let arns = b.arns.clone();
     let account = env.account_id.as_str();
 
@@ -85,22 +105,38 @@ pub fn build_stack(spec: &TransactionPipelineSpec, env: &StackEnv) -> Stack {
         id(Kind::Topic, &topic),
         vec![],
         ResourceSpec::Topic(TopicSpec {
-            attributes: BTreeMap::from([("DisplayName".into(), format!("tap {suffix} notifications"))]),
+            attributes: BTreeMap::from([(
+                "DisplayName".into(),
+                format!("tap {suffix} notifications"),
+            )]),
             email_subscriptions: emails,
         }),
     );
-    for table in [names::transactions_table(suffix), names::status_table(suffix)] {
-        let hash = if table.ends_with("-transactions") { "transaction_id" } else { "upload_id" };
+    for table in [
+        names::transactions_table(suffix),
+        names::status_table(suffix),
+    ] {
+        let hash = if table.ends_with("-transactions") {
+            "transaction_id"
+        } else {
+            "upload_id"
+        };
         b.add(
             id(Kind::Table, &table),
             vec![],
             ResourceSpec::Table(TableSpec {
-                hash_key: KeyAttribute { name: hash.into(), attribute_type: "S".into() },
+                hash_key: KeyAttribute {
+                    name: hash.into(),
+                    attribute_type: "S".into(),
+                },
                 range_key: None,
                 billing_mode: "PAY_PER_REQUEST".into(),
                 global_secondary_indexes: vec![GlobalSecondaryIndex {
                     name: "timestamp-index".into(),
-                    hash_key: KeyAttribute { name: "timestamp".into(), attribute_type: "S".into() },
+                    hash_key: KeyAttribute {
+                        name: "timestamp".into(),
+                        attribute_type: "S".into(),
+                    },
                     range_key: None,
                     projection: "ALL".into(),
                 }],
@@ -108,39 +144,59 @@ pub fn build_stack(spec: &TransactionPipelineSpec, env: &StackEnv) -> Stack {
             }),
         );
     }
-    let retention = LogGroupSpec { retention_days: spec.log_retention_days };
+    let retention = LogGroupSpec {
+        retention_days: spec.log_retention_days,
+    };
     for function in names::FUNCTIONS {
-        b.add(id(Kind::LogGroup, names::function_log_group(suffix, function)), vec![], ResourceSpec::LogGroup(retention.clone()));
+        b.add(
+            id(Kind::LogGroup, names::function_log_group(suffix, function)),
+            vec![],
+            ResourceSpec::LogGroup(retention.clone()),
+        );
         b.add(
             id(Kind::Repository, names::repository(suffix, function)),
             vec![],
             ResourceSpec::Repository(RepositorySpec {
                 scan_on_push: true,
                 tag_mutability: "IMMUTABLE".into(),
-                policy: crate::drivers::normalise_policy(policies::repository_policy(&arns, suffix)),
+                policy: crate::drivers::normalise_policy(policies::repository_policy(
+                    &arns, suffix,
+                )),
             }),
         );
         b.add(
             id(Kind::Role, names::function_role(suffix, function)),
             vec![],
             ResourceSpec::Role(RoleSpec {
-                assume_role_policy: crate::drivers::normalise_policy(policies::trust("lambda.amazonaws.com", account)),
+                assume_role_policy: crate::drivers::normalise_policy(policies::trust(
+                    "lambda.amazonaws.com",
+                    account,
+                )),
                 inline_policies: BTreeMap::from([(
                     "least-privilege".into(),
-                    crate::drivers::normalise_policy(policies::function_policy(&arns, suffix, function)),
+                    crate::drivers::normalise_policy(policies::function_policy(
+                        &arns, suffix, function,
+                    )),
                 )]),
                 managed_policy_arns: vec![],
             }),
         );
     }
     let sm_log_group = names::state_machine_log_group(suffix);
-    b.add(id(Kind::LogGroup, &sm_log_group), vec![], ResourceSpec::LogGroup(retention));
+    b.add(
+        id(Kind::LogGroup, &sm_log_group),
+        vec![],
+        ResourceSpec::LogGroup(retention),
+    );
     let sm_role = names::state_machine_role(suffix);
     b.add(
         id(Kind::Role, &sm_role),
         vec![],
         ResourceSpec::Role(RoleSpec {
-            assume_role_policy: crate::drivers::normalise_policy(policies::trust("states.amazonaws.com", account)),
+            assume_role_policy: crate::drivers::normalise_policy(policies::trust(
+                "states.amazonaws.com",
+                account,
+            )),
             inline_policies: BTreeMap::from([(
                 "least-privilege".into(),
                 crate::drivers::normalise_policy(policies::state_machine_policy(&arns, suffix)),
@@ -157,7 +213,10 @@ pub fn build_stack(spec: &TransactionPipelineSpec, env: &StackEnv) -> Stack {
         let (image_uri, image_in_repository) = match (&settings.image.tag, &settings.image.uri) {
             (Some(tag), _) => (
                 format!("{}:{tag}", arns.repository_uri(&repository)),
-                Some(EcrImage { repository: repository.clone(), tag: tag.clone() }),
+                Some(EcrImage {
+                    repository: repository.clone(),
+                    tag: tag.clone(),
+                }),
             ),
             (None, Some(uri)) => (uri.clone(), None),
             (None, None) => unreachable!("validate() requires an image tag or uri"),
@@ -185,15 +244,21 @@ pub fn build_stack(spec: &TransactionPipelineSpec, env: &StackEnv) -> Stack {
             }),
         );
     }
-    let function_ids: Vec<ResourceId> =
-        names::FUNCTIONS.iter().map(|f| id(Kind::Function, names::function(suffix, f))).collect();
+    let function_ids: Vec<ResourceId> = names::FUNCTIONS
+        .iter()
+        .map(|f| id(Kind::Function, names::function(suffix, f)))
+        .collect();
     let validator_id = function_ids[0].clone();
     let validator_arn = arns.function(&validator_id.name);
 
     // State machine.
     let state_machine = names::state_machine(suffix);
     let mut sm_deps = function_ids.clone();
-    sm_deps.extend([id(Kind::Role, &sm_role), id(Kind::LogGroup, &sm_log_group), id(Kind::Queue, &dlq)]);
+    sm_deps.extend([
+        id(Kind::Role, &sm_role),
+        id(Kind::LogGroup, &sm_log_group),
+        id(Kind::Queue, &dlq),
+    ]);
     b.add(
         id(Kind::StateMachine, &state_machine),
         sm_deps,
@@ -249,8 +314,14 @@ pub fn build_stack(spec: &TransactionPipelineSpec, env: &StackEnv) -> Stack {
                 http_method: "POST".into(),
                 authorization_type: "NONE".into(),
                 api_key_required: true,
-                request_parameters: BTreeMap::from([("method.request.header.Content-Type".into(), true)]),
-                request_models: BTreeMap::from([("application/json".into(), "UploadEnvelope".into())]),
+                request_parameters: BTreeMap::from([(
+                    "method.request.header.Content-Type".into(),
+                    true,
+                )]),
+                request_models: BTreeMap::from([(
+                    "application/json".into(),
+                    "UploadEnvelope".into(),
+                )]),
             },
             integration: ApiIntegration {
                 integration_type: "AWS_PROXY".into(),
@@ -327,12 +398,18 @@ pub fn build_stack(spec: &TransactionPipelineSpec, env: &StackEnv) -> Stack {
     }
     b.add(
         id(Kind::Alarm, names::state_machine_failed_alarm(suffix)),
-        vec![id(Kind::StateMachine, &state_machine), id(Kind::Topic, &topic)],
+        vec![
+            id(Kind::StateMachine, &state_machine),
+            id(Kind::Topic, &topic),
+        ],
         ResourceSpec::Alarm(AlarmSpec {
             description: format!("tap {suffix}: pipeline executions failed"),
             namespace: "AWS/States".into(),
             metric_name: "ExecutionsFailed".into(),
-            dimensions: BTreeMap::from([("StateMachineArn".into(), arns.state_machine(&state_machine))]),
+            dimensions: BTreeMap::from([(
+                "StateMachineArn".into(),
+                arns.state_machine(&state_machine),
+            )]),
             statistic: "Sum".into(),
             period_seconds: alarms.period_seconds,
             evaluation_periods: alarms.evaluation_periods,
@@ -343,23 +420,40 @@ pub fn build_stack(spec: &TransactionPipelineSpec, env: &StackEnv) -> Stack {
         }),
     );
 
-    Stack { env: env.clone(), suffix: suffix.to_string(), resources: b.resources }
+    Stack {
+        env: env.clone(),
+        suffix: suffix.to_string(),
+        resources: b.resources,
+    }
 }
 
 /// Environment variables every function gets: where the stack's resources are.
 fn base_environment(suffix: &str, arns: &Arns) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("TRANSACTIONS_TABLE".into(), names::transactions_table(suffix)),
+        (
+            "TRANSACTIONS_TABLE".into(),
+            names::transactions_table(suffix),
+        ),
         ("STATUS_TABLE".into(), names::status_table(suffix)),
-        ("BUCKET_NAME".into(), names::bucket(suffix, &arns.account_id)),
+        (
+            "BUCKET_NAME".into(),
+            names::bucket(suffix, &arns.account_id),
+        ),
         ("TOPIC_ARN".into(), arns.topic(&names::topic(suffix))),
-        ("STATE_MACHINE_ARN".into(), arns.state_machine(&names::state_machine(suffix))),
+        (
+            "STATE_MACHINE_ARN".into(),
+            arns.state_machine(&names::state_machine(suffix)),
+        ),
     ])
 }
 
 /// The Amazon States Language definition: validate → transform → notify; every task retries transient
 /// Lambda errors per the spec, and any failure goes to the dead-letter queue, then a failure notification.
-pub fn state_machine_definition(spec: &TransactionPipelineSpec, suffix: &str, arns: &Arns) -> Value {
+pub fn state_machine_definition(
+    spec: &TransactionPipelineSpec,
+    suffix: &str,
+    arns: &Arns,
+) -> Value {
     let retry = &spec.state_machine.retry;
     let retriers = json!([{
         "ErrorEquals": [

@@ -140,3 +140,6 @@ impl Stack {
         self.resources.iter().find(|r| &r.id == id)
     }
 }
+
+#[cfg(test)]
+mod tests;

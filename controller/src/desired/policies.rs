@@ -52,24 +52,68 @@ pub fn function_policy(arns: &Arns, suffix: &str, function: &str) -> Value {
     let transactions = arns.table(&names::transactions_table(suffix));
     let status = arns.table(&names::status_table(suffix));
     let mut statements = vec![
-        allow("Logs", &["logs:CreateLogStream", "logs:PutLogEvents"], vec![format!("{log_group}:*")]),
-        allow("DeadLetterQueue", &["sqs:SendMessage"], vec![arns.queue(&names::dlq(suffix))]),
+        allow(
+            "Logs",
+            &["logs:CreateLogStream", "logs:PutLogEvents"],
+            vec![format!("{log_group}:*")],
+        ),
+        allow(
+            "DeadLetterQueue",
+            &["sqs:SendMessage"],
+            vec![arns.queue(&names::dlq(suffix))],
+        ),
         tracing(),
     ];
     match function {
         "csv-validator" => {
-            statements.push(allow("ValidatedObjects", &["s3:PutObject", "s3:GetObject"], vec![format!("{bucket}/validated/*")]));
-            statements.push(allow("StatusTable", &["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], vec![status]));
-            statements.push(allow("StartPipeline", &["states:StartExecution"], vec![arns.state_machine(&names::state_machine(suffix))]));
+            statements.push(allow(
+                "ValidatedObjects",
+                &["s3:PutObject", "s3:GetObject"],
+                vec![format!("{bucket}/validated/*")],
+            ));
+            statements.push(allow(
+                "StatusTable",
+                &[
+                    "dynamodb:GetItem",
+                    "dynamodb:PutItem",
+                    "dynamodb:UpdateItem",
+                ],
+                vec![status],
+            ));
+            statements.push(allow(
+                "StartPipeline",
+                &["states:StartExecution"],
+                vec![arns.state_machine(&names::state_machine(suffix))],
+            ));
         }
         "data-transformer" => {
-            statements.push(allow("ReadValidatedObjects", &["s3:GetObject"], vec![format!("{bucket}/validated/*")]));
-            statements.push(allow("TransactionsTable", &["dynamodb:BatchWriteItem", "dynamodb:PutItem"], vec![transactions]));
-            statements.push(allow("StatusTable", &["dynamodb:GetItem", "dynamodb:UpdateItem"], vec![status]));
+            statements.push(allow(
+                "ReadValidatedObjects",
+                &["s3:GetObject"],
+                vec![format!("{bucket}/validated/*")],
+            ));
+            statements.push(allow(
+                "TransactionsTable",
+                &["dynamodb:BatchWriteItem", "dynamodb:PutItem"],
+                vec![transactions],
+            ));
+            statements.push(allow(
+                "StatusTable",
+                &["dynamodb:GetItem", "dynamodb:UpdateItem"],
+                vec![status],
+            ));
         }
         "notification-sender" => {
-            statements.push(allow("Notify", &["sns:Publish"], vec![arns.topic(&names::topic(suffix))]));
-            statements.push(allow("StatusTable", &["dynamodb:GetItem", "dynamodb:UpdateItem"], vec![status]));
+            statements.push(allow(
+                "Notify",
+                &["sns:Publish"],
+                vec![arns.topic(&names::topic(suffix))],
+            ));
+            statements.push(allow(
+                "StatusTable",
+                &["dynamodb:GetItem", "dynamodb:UpdateItem"],
+                vec![status],
+            ));
         }
         other => unreachable!("unknown function {other}"),
     }
@@ -78,10 +122,17 @@ pub fn function_policy(arns: &Arns, suffix: &str, function: &str) -> Value {
 
 /// The one inline policy of the state machine's role.
 pub fn state_machine_policy(arns: &Arns, suffix: &str) -> Value {
-    let functions: Vec<String> = names::FUNCTIONS.iter().map(|f| arns.function(&names::function(suffix, f))).collect();
+    let functions: Vec<String> = names::FUNCTIONS
+        .iter()
+        .map(|f| arns.function(&names::function(suffix, f)))
+        .collect();
     document(vec![
         allow("InvokeSteps", &["lambda:InvokeFunction"], functions),
-        allow("DeadLetterQueue", &["sqs:SendMessage"], vec![arns.queue(&names::dlq(suffix))]),
+        allow(
+            "DeadLetterQueue",
+            &["sqs:SendMessage"],
+            vec![arns.queue(&names::dlq(suffix))],
+        ),
         json!({
             "Sid": "LogDelivery",
             "Effect": "Allow",

@@ -13,14 +13,22 @@ fn resource(name: &str) -> String {
 
 impl LogGroups {
     fn arn(ctx: &Ctx<'_>, name: &str) -> String {
-        format!("arn:{}:logs:{}:{}:log-group:{name}", ctx.aws.partition, ctx.aws.region, ctx.aws.account_id)
+        format!(
+            "arn:{}:logs:{}:{}:log-group:{name}",
+            ctx.aws.partition, ctx.aws.region, ctx.aws.account_id
+        )
     }
 }
 
 impl Driver for LogGroups {
     type Spec = LogGroupSpec;
 
-    async fn observe(&self, ctx: &Ctx<'_>, name: &str, _desired: &LogGroupSpec) -> Result<Option<Observed<LogGroupSpec>>, AwsError> {
+    async fn observe(
+        &self,
+        ctx: &Ctx<'_>,
+        name: &str,
+        _desired: &LogGroupSpec,
+    ) -> Result<Option<Observed<LogGroupSpec>>, AwsError> {
         let page = ctx
             .aws
             .logs
@@ -29,7 +37,11 @@ impl Driver for LogGroups {
             .send()
             .await
             .context(resource(name), "logs:DescribeLogGroups")?;
-        let Some(group) = page.log_groups().iter().find(|g| g.log_group_name() == Some(name)) else {
+        let Some(group) = page
+            .log_groups()
+            .iter()
+            .find(|g| g.log_group_name() == Some(name))
+        else {
             return Ok(None);
         };
         let arn = Self::arn(ctx, name);
@@ -42,13 +54,24 @@ impl Driver for LogGroups {
             .await
             .context(resource(name), "logs:ListTagsForResource")?;
         Ok(Some(Observed {
-            spec: LogGroupSpec { retention_days: group.retention_in_days().unwrap_or(0) },
+            spec: LogGroupSpec {
+                retention_days: group.retention_in_days().unwrap_or(0),
+            },
             tags: user_tags(tags.tags().cloned().unwrap_or_default()),
-            outputs: Outputs { arn: Some(arn), ..Default::default() },
+            outputs: Outputs {
+                arn: Some(arn),
+                ..Default::default()
+            },
         }))
     }
 
-    async fn create(&self, ctx: &Ctx<'_>, name: &str, desired: &LogGroupSpec, tags: &Tags) -> Result<Outputs, AwsError> {
+    async fn create(
+        &self,
+        ctx: &Ctx<'_>,
+        name: &str,
+        desired: &LogGroupSpec,
+        tags: &Tags,
+    ) -> Result<Outputs, AwsError> {
         ctx.aws
             .logs
             .create_log_group()
@@ -65,7 +88,10 @@ impl Driver for LogGroups {
             .send()
             .await
             .context(resource(name), "logs:PutRetentionPolicy")?;
-        Ok(Outputs { arn: Some(Self::arn(ctx, name)), ..Default::default() })
+        Ok(Outputs {
+            arn: Some(Self::arn(ctx, name)),
+            ..Default::default()
+        })
     }
 
     async fn update(
@@ -114,8 +140,21 @@ impl Driver for LogGroups {
         Ok(observed.outputs.clone())
     }
 
-    async fn delete(&self, ctx: &Ctx<'_>, name: &str, _observed: &Observed<LogGroupSpec>) -> Result<(), AwsError> {
-        match ctx.aws.logs.delete_log_group().log_group_name(name).send().await.context(resource(name), "logs:DeleteLogGroup") {
+    async fn delete(
+        &self,
+        ctx: &Ctx<'_>,
+        name: &str,
+        _observed: &Observed<LogGroupSpec>,
+    ) -> Result<(), AwsError> {
+        match ctx
+            .aws
+            .logs
+            .delete_log_group()
+            .log_group_name(name)
+            .send()
+            .await
+            .context(resource(name), "logs:DeleteLogGroup")
+        {
             Err(e) if e.is_not_found() => Ok(()),
             other => other.map(|_| ()),
         }

@@ -110,7 +110,10 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// The outputs of a dependency of the given kind and name, if it converged.
     pub fn dep(&self, kind: crate::desired::Kind, name: &str) -> Option<&Outputs> {
-        self.deps.get(&ResourceId { kind, name: name.to_string() })
+        self.deps.get(&ResourceId {
+            kind,
+            name: name.to_string(),
+        })
     }
 }
 
@@ -159,17 +162,32 @@ pub trait Driver: Sync {
 /// by key (so maps such as `environment` and `tags` report one entry per key); anything else is compared
 /// whole; numbers compare by value (`100` equals `100.0`).
 pub fn diff_values(expected: &Value, actual: &Value, path: &str, out: &mut Vec<FieldDiff>) {
-    let join = |key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
     match (expected, actual) {
         (Value::Object(e), Value::Object(a)) => {
             let keys: BTreeSet<&String> = e.keys().chain(a.keys()).collect();
             for key in keys {
-                diff_values(e.get(key).unwrap_or(&Value::Null), a.get(key).unwrap_or(&Value::Null), &join(key), out);
+                diff_values(
+                    e.get(key).unwrap_or(&Value::Null),
+                    a.get(key).unwrap_or(&Value::Null),
+                    &join(key),
+                    out,
+                );
             }
         }
         (Value::Number(e), Value::Number(a)) if e.as_f64() == a.as_f64() => {}
         (e, a) if e == a => {}
-        (e, a) => out.push(FieldDiff { field: path.to_string(), expected: e.clone(), actual: a.clone() }),
+        (e, a) => out.push(FieldDiff {
+            field: path.to_string(),
+            expected: e.clone(),
+            actual: a.clone(),
+        }),
     }
 }
 
@@ -179,20 +197,35 @@ pub fn diff<S: Serialize>(desired: &S, desired_tags: &Tags, observed: &Observed<
     let to_json = |s: &S| serde_json::to_value(s).expect("specs serialize to JSON");
     diff_values(&to_json(desired), &to_json(&observed.spec), "", &mut diffs);
     let tags = |t: &Tags| serde_json::to_value(t).expect("tags serialize to JSON");
-    diff_values(&tags(desired_tags), &tags(&observed.tags), "tags", &mut diffs);
+    diff_values(
+        &tags(desired_tags),
+        &tags(&observed.tags),
+        "tags",
+        &mut diffs,
+    );
     Changes { diffs }
 }
 
 /// Tags to set and tag keys to remove to go from `observed` to `desired`.
 pub fn tag_delta(desired: &Tags, observed: &Tags) -> (Tags, Vec<String>) {
-    let set = desired.iter().filter(|(k, v)| observed.get(*k) != Some(v)).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let remove = observed.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
+    let set = desired
+        .iter()
+        .filter(|(k, v)| observed.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let remove = observed
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .cloned()
+        .collect();
     (set, remove)
 }
 
 /// Drops AWS-reserved tags (`aws:…`), which no one can set or remove.
 pub fn user_tags(tags: impl IntoIterator<Item = (String, String)>) -> Tags {
-    tags.into_iter().filter(|(k, _)| !k.starts_with("aws:")).collect()
+    tags.into_iter()
+        .filter(|(k, _)| !k.starts_with("aws:"))
+        .collect()
 }
 
 /// Parses a policy document as AWS returns it (possibly URL-encoded, as IAM does) into normalised JSON:
@@ -200,7 +233,9 @@ pub fn user_tags(tags: impl IntoIterator<Item = (String, String)>) -> Tags {
 /// form (`"Action": ["s3:GetObject"]` ≡ `"Action": "s3:GetObject"`).
 pub fn parse_policy(text: &str) -> Value {
     let decoded = if text.trim_start().starts_with('%') || text.contains("%22") {
-        urlencoding::decode(text).map(|s| s.into_owned()).unwrap_or_else(|_| text.to_string())
+        urlencoding::decode(text)
+            .map(|s| s.into_owned())
+            .unwrap_or_else(|_| text.to_string())
     } else {
         text.to_string()
     };
@@ -210,9 +245,15 @@ pub fn parse_policy(text: &str) -> Value {
 /// See [`parse_policy`]; also applied to desired policies so both sides have one form.
 pub fn normalise_policy(value: Value) -> Value {
     match value {
-        Value::Array(items) if items.len() == 1 => normalise_policy(items.into_iter().next().expect("one item")),
+        Value::Array(items) if items.len() == 1 => {
+            normalise_policy(items.into_iter().next().expect("one item"))
+        }
         Value::Array(items) => Value::Array(items.into_iter().map(normalise_policy).collect()),
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, normalise_policy(v))).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, normalise_policy(v)))
+                .collect(),
+        ),
         other => other,
     }
 }
@@ -239,7 +280,9 @@ mod tests {
 
     #[test]
     fn policies_compare_regardless_of_encoding_order_and_singletons() {
-        let ours = normalise_policy(json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/*"}]}));
+        let ours = normalise_policy(
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/*"}]}),
+        );
         let iam = parse_policy("%7B%22Statement%22%3A%5B%7B%22Resource%22%3A%22arn%3Aaws%3As3%3A%3A%3Ab%2F%2A%22%2C%22Action%22%3A%22s3%3AGetObject%22%2C%22Effect%22%3A%22Allow%22%7D%5D%2C%22Version%22%3A%222012-10-17%22%7D");
         assert_eq!(ours, iam);
     }
@@ -247,7 +290,12 @@ mod tests {
     #[test]
     fn tag_delta_sets_changed_and_removes_foreign() {
         let desired: Tags = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
-        let observed: Tags = [("a".into(), "1".into()), ("b".into(), "x".into()), ("c".into(), "3".into())].into();
+        let observed: Tags = [
+            ("a".into(), "1".into()),
+            ("b".into(), "x".into()),
+            ("c".into(), "3".into()),
+        ]
+        .into();
         let (set, remove) = tag_delta(&desired, &observed);
         assert_eq!(set, [("b".to_string(), "2".to_string())].into());
         assert_eq!(remove, vec!["c".to_string()]);

