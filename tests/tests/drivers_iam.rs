@@ -390,12 +390,35 @@ fn role_policies_round_trip_despite_iam_reordering_and_url_encoding() {
 
 #[tokio::test]
 async fn alarm_create_observe_drift_update_delete() -> anyhow::Result<()> {
-    let (_emu, aws, stack) = start().await?;
+    let (emu, aws, stack) = start().await?;
     let deps = BTreeMap::new();
     let ctx = Ctx {
         aws: &aws,
         deps: &deps,
     };
+    if emu.kind == EmulatorKind::Moto {
+        // Gap (not in the emulator notes, which were measured with boto3): the Rust CloudWatch SDK only
+        // speaks smithy-rpc-v2-cbor (`POST /service/GraniteServiceVersion20100801/operation/…`), and moto
+        // 5.2.5 serves CloudWatch on the Query protocol only: every call answers 404. Nothing of the alarm
+        // driver can run on moto; what can be checked is that the failure is reported with its call and
+        // resource instead of being mistaken for "no such alarm". (ministack speaks CBOR when `cbor2` is
+        // installed in its environment: the full cycle below runs there.)
+        let (name, desired, _) = stack
+            .resources
+            .iter()
+            .find_map(|r| match &r.spec {
+                ResourceSpec::Alarm(spec) => Some((r.name(), spec, &r.tags)),
+                _ => None,
+            })
+            .expect("an alarm");
+        let err = Alarms
+            .observe(&ctx, name, desired)
+            .await
+            .expect_err("moto cannot answer the CBOR protocol");
+        assert_eq!(err.call, "cloudwatch:DescribeAlarms");
+        assert!(err.resource.contains(name), "{}", err.resource);
+        return Ok(());
+    }
     let alarms: Vec<(&str, &AlarmSpec, &Tags)> = stack
         .resources
         .iter()
@@ -648,6 +671,11 @@ async fn state_machine_create_observe_drift_update_delete() -> anyhow::Result<()
     // Out of band: the definition's comment and the log level change (fields both emulators keep), and a tag.
     let mut definition = desired.definition.clone();
     definition["Comment"] = json!("edited by hand");
+    let other_level = if desired.logging.level == "ALL" {
+        "FATAL"
+    } else {
+        "ALL"
+    };
     let sfn = &aws.sfn;
     let arn = outputs.arn.clone().expect("arn");
     sfn.update_state_machine()
@@ -655,7 +683,7 @@ async fn state_machine_create_observe_drift_update_delete() -> anyhow::Result<()
         .definition(definition.to_string())
         .logging_configuration(
             aws_sdk_sfn::types::LoggingConfiguration::builder()
-                .level(aws_sdk_sfn::types::LogLevel::Error)
+                .level(aws_sdk_sfn::types::LogLevel::from(other_level))
                 .include_execution_data(desired.logging.include_execution_data)
                 .destinations(
                     aws_sdk_sfn::types::LogDestination::builder()
@@ -699,7 +727,7 @@ async fn state_machine_create_observe_drift_update_delete() -> anyhow::Result<()
         .expect("level diff");
     assert_eq!(
         (level.expected.clone(), level.actual.clone()),
-        (json!(desired.logging.level), json!("ERROR"))
+        (json!(desired.logging.level), json!(other_level))
     );
     let comment = changes
         .diffs
