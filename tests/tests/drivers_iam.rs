@@ -280,6 +280,44 @@ async fn role_create_observe_drift_update_delete() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A crash between CreateRole and PutRolePolicy leaves a role without its policy: the engine then
+/// observes and updates, and the update must complete it with just the missing write.
+#[tokio::test]
+async fn role_left_half_created_is_completed_by_update() -> anyhow::Result<()> {
+    let (_emu, aws, stack) = start().await?;
+    let deps = BTreeMap::new();
+    let ctx = Ctx {
+        aws: &aws,
+        deps: &deps,
+    };
+    let (name, desired, tags) = role(&stack, "data-transformer");
+    let mut request = aws
+        .iam
+        .create_role()
+        .role_name(name)
+        .assume_role_policy_document(desired.assume_role_policy.to_string());
+    for (k, v) in tags {
+        request = request.tags(aws_sdk_iam::types::Tag::builder().key(k).value(v).build()?);
+    }
+    request.send().await?;
+
+    let observed = Roles.observe(&ctx, name, desired).await?.expect("exists");
+    let changes = diff(desired, tags, &observed);
+    assert_eq!(fields(&changes), set(&["inlinePolicies.least-privilege"]));
+    assert_eq!(changes.diffs[0].actual, Value::Null);
+    aws.calls.reset();
+    Roles
+        .update(&ctx, name, desired, tags, &observed, &changes)
+        .await?;
+    assert_eq!(
+        writes(&aws),
+        BTreeMap::from([("PutRolePolicy".to_string(), 1)])
+    );
+    let observed = Roles.observe(&ctx, name, desired).await?.expect("exists");
+    assert!(diff(desired, tags, &observed).is_empty());
+    Ok(())
+}
+
 /// Every role of the stack, created as built, reads back equal on this emulator.
 #[tokio::test]
 async fn every_stack_role_round_trips() -> anyhow::Result<()> {

@@ -124,7 +124,7 @@ impl Driver for StateMachines {
         &self,
         ctx: &Ctx<'_>,
         name: &str,
-        _desired: &StateMachineSpec,
+        desired: &StateMachineSpec,
     ) -> Result<Option<Observed<StateMachineSpec>>, AwsError> {
         let arn = Self::arn(ctx, name);
         let machine = match ctx
@@ -147,7 +147,7 @@ impl Driver for StateMachines {
         }
         let definition = serde_json::from_str(machine.definition())
             .unwrap_or_else(|_| Value::String(machine.definition().to_string()));
-        let logging = match machine.logging_configuration() {
+        let mut logging = match machine.logging_configuration() {
             Some(config) => StateMachineLogging {
                 level: config
                     .level()
@@ -170,6 +170,16 @@ impl Driver for StateMachines {
                 log_group_arn: String::new(),
             },
         };
+        // Logging OFF: AWS may drop the destination and the execution-data flag, which mean nothing then.
+        // When OFF is also what is desired, fold them to the desired values rather than report a drift that
+        // no update could correct.
+        if logging.level == "OFF"
+            && desired.logging.level == "OFF"
+            && logging.log_group_arn.is_empty()
+        {
+            logging.log_group_arn = desired.logging.log_group_arn.clone();
+            logging.include_execution_data = desired.logging.include_execution_data;
+        }
         // Absent means disabled (ministack never returns it: the drift then reappears after correction,
         // which the engine reports as uncorrectable rather than hot-looping).
         let tracing_enabled = machine.tracing_configuration().is_some_and(|t| t.enabled());
