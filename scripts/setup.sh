@@ -11,7 +11,8 @@ python3 -m pip install --quiet --disable-pip-version-check \
 # ministack pins its own botocore: keep it in a venv of its own.
 if [ ! -x "$tools/ministack/bin/ministack" ]; then
   python3 -m venv "$tools/ministack"
-  "$tools/ministack/bin/pip" install --quiet --disable-pip-version-check 'ministack==1.5.33'
+  # cbor2: ministack needs it to speak CloudWatch's rpc-v2-cbor protocol.
+  "$tools/ministack/bin/pip" install --quiet --disable-pip-version-check 'ministack==1.5.33' cbor2
 fi
 
 rustup target add aarch64-unknown-linux-musl >/dev/null

@@ -140,7 +140,6 @@ pub fn classify(code: Option<&str>, message: &str, status: Option<u16>) -> Error
         {
             ErrorClass::Transient
         }
-        _ if status.is_some_and(|s| s == 404) && code.is_none() => ErrorClass::NotFound,
         _ if status.is_some_and(|s| s == 429 || s >= 500) => ErrorClass::Transient,
         _ => ErrorClass::Terminal,
     }
