@@ -64,6 +64,13 @@ impl Emulator {
                 let python = std::env::var("TAP_MOTO_PYTHON").unwrap_or_else(|_| "python3".into());
                 let mut c = Command::new(python);
                 c.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]);
+                // tests/moto/sitecustomize.py fixes response shapes the Rust SDK rejects (see that file).
+                let patches = concat!(env!("CARGO_MANIFEST_DIR"), "/moto");
+                let path = match std::env::var("PYTHONPATH") {
+                    Ok(existing) if !existing.is_empty() => format!("{patches}:{existing}"),
+                    _ => patches.to_string(),
+                };
+                c.env("PYTHONPATH", path);
                 c
             }
             EmulatorKind::Ministack => {
