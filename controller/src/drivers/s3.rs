@@ -299,20 +299,39 @@ impl Buckets {
     }
 
     /// Deletes every object version and delete marker, page by page (≤ 1000 keys per `DeleteObjects`).
+    /// Each round lists from the start again (what was listed before is deleted), so no page marker ever
+    /// points at a version that no longer exists.
     async fn empty(ctx: &Ctx<'_>, name: &str) -> Result<(), AwsError> {
-        let mut key_marker: Option<String> = None;
-        let mut version_marker: Option<String> = None;
+        let mut previous_first: Option<(String, Option<String>)> = None;
         loop {
             let page = ctx
                 .aws
                 .s3
                 .list_object_versions()
                 .bucket(name)
-                .set_key_marker(key_marker.clone())
-                .set_version_id_marker(version_marker.clone())
                 .send()
                 .await
                 .context(resource(name), "s3:ListObjectVersions")?;
+            let first = page
+                .versions()
+                .iter()
+                .map(|v| (v.key(), v.version_id()))
+                .chain(
+                    page.delete_markers()
+                        .iter()
+                        .map(|m| (m.key(), m.version_id())),
+                )
+                .find_map(|(k, v)| k.map(|k| (k.to_string(), v.map(str::to_string))));
+            let Some(first) = first else { return Ok(()) };
+            // The same version listed first twice: the previous round's deletes did not take.
+            if previous_first.as_ref() == Some(&first) {
+                return Err(AwsError::transient(
+                    resource(name),
+                    "s3:DeleteObjects",
+                    format!("object {} is still listed after it was deleted", first.0),
+                ));
+            }
+            previous_first = Some(first);
             let mut ids = Vec::new();
             let versions = page.versions().iter().map(|v| (v.key(), v.version_id()));
             let markers = page
@@ -358,14 +377,6 @@ impl Buckets {
                         ),
                     ));
                 }
-            }
-            if page.is_truncated() != Some(true) {
-                return Ok(());
-            }
-            key_marker = page.next_key_marker().map(str::to_string);
-            version_marker = page.next_version_id_marker().map(str::to_string);
-            if key_marker.is_none() && version_marker.is_none() {
-                return Ok(());
             }
         }
     }
