@@ -155,8 +155,9 @@ fn keys_back(
 }
 
 /// The billing mode as AWS reports it. `BillingModeSummary` is absent for tables that were always
-/// provisioned; some emulators (moto) omit it for on-demand tables too, but report 0 read/write
-/// capacity units, which a provisioned table cannot have (minimum 1), so 0/0 folds to `PAY_PER_REQUEST`.
+/// provisioned. An on-demand table reports 0 read/write capacity units, which a provisioned table cannot
+/// have (minimum 1): so a missing summary with 0/0 folds to `PAY_PER_REQUEST`, for an emulator that omits
+/// the summary (checked: moto 5.2 and ministack 1.5 both do send it for on-demand tables).
 fn billing_mode(table: &TableDescription) -> String {
     if let Some(mode) = table.billing_mode_summary().and_then(|s| s.billing_mode()) {
         return mode.as_str().to_string();
@@ -386,6 +387,11 @@ impl Driver for Tables {
         let Some(table) = Self::describe(ctx, name).await? else {
             return Ok(None);
         };
+        // A table being deleted is gone for every purpose (the deletion cannot be cancelled); creating it
+        // again meanwhile fails with ResourceInUseException, which is transient.
+        if table.table_status() == Some(&TableStatus::Deleting) {
+            return Ok(None);
+        }
         let (hash_key, range_key) = keys_back(&table, table.key_schema());
         let mut global_secondary_indexes: Vec<GlobalSecondaryIndex> = table
             .global_secondary_indexes()
@@ -548,6 +554,8 @@ impl Driver for Tables {
             Self::update_indexes(ctx, name, desired, &observed.spec).await?;
         }
         if changes.touches("pointInTimeRecovery") {
+            // After a create that timed out waiting, the table may still be CREATING: backups need ACTIVE.
+            Self::wait_active(ctx, name).await?;
             Self::put_pitr(ctx, name, desired.point_in_time_recovery).await?;
         }
         if changes.touches("tags") {
