@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 
-use crate::aws::{AwsError, ResultExt};
+use crate::aws::{AwsError, ErrorClass, ResultExt};
 use crate::desired::{QueueSpec, Tags};
 
 use super::{tag_delta, user_tags, Changes, Ctx, Driver, Observed, Outputs};
@@ -126,7 +126,17 @@ impl Driver for Queues {
             .set_tags((!tags.is_empty()).then(|| tags.clone().into_iter().collect()))
             .send()
             .await
-            .context(resource(name), "sqs:CreateQueue")?;
+            .context(resource(name), "sqs:CreateQueue")
+            .map_err(|mut e| {
+                // SQS refuses to reuse a name for 60 s after its queue was deleted: waiting helps.
+                if e.code
+                    .as_deref()
+                    .is_some_and(|c| c.contains("QueueDeletedRecently"))
+                {
+                    e.class = ErrorClass::Transient;
+                }
+                e
+            })?;
         let url = created.queue_url().map(str::to_string);
         let arn = match &url {
             Some(url) => Self::arn(ctx, name, url).await?,
