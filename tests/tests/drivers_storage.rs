@@ -852,3 +852,52 @@ async fn topic_lifecycle_and_drift() -> anyhow::Result<()> {
     drop(emu);
     Ok(())
 }
+
+/// More versions than one `ListObjectVersions` page (1000) and one `DeleteObjects` batch (1000) hold.
+#[tokio::test]
+async fn bucket_delete_empties_more_than_one_page() -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    let (emu, aws, stack) = setup().await?;
+    let deps = Default::default();
+    let ctx = Ctx {
+        aws: &aws,
+        deps: &deps,
+    };
+    let (name, desired, tags) = pick(&stack, Kind::Bucket, |s| match s {
+        ResourceSpec::Bucket(b) => Some(b),
+        _ => None,
+    })?;
+    create_validator_function(&aws, &stack, &desired.invoke_permission.function_name).await?;
+    let d = Buckets;
+    d.create(&ctx, &name, &desired, &tags).await?;
+    // 550 keys × 2 versions = 1100 versions.
+    futures::stream::iter((0..1100).map(|i| {
+        let (s3, name) = (aws.s3.clone(), name.clone());
+        async move {
+            s3.put_object()
+                .bucket(&name)
+                .key(format!("raw/{:04}.csv", i % 550))
+                .body(aws_sdk_s3::primitives::ByteStream::from_static(b"id\n1\n"))
+                .send()
+                .await
+        }
+    }))
+    .buffer_unordered(16)
+    .try_collect::<Vec<_>>()
+    .await?;
+    let observed = d.observe(&ctx, &name, &desired).await?.context("bucket")?;
+    aws.calls.reset();
+    assert_deleted(&d, &ctx, &name, &desired, &observed).await?;
+    let calls = aws.calls.snapshot();
+    let count = |op: &str| {
+        calls
+            .iter()
+            .filter(|((_, o), _)| o == op)
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    assert!(count("ListObjectVersions") >= 2, "paginated: {calls:?}");
+    assert!(count("DeleteObjects") >= 2, "batched: {calls:?}");
+    drop(emu);
+    Ok(())
+}
