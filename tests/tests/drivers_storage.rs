@@ -119,7 +119,9 @@ async fn assert_drift<D: Driver>(
     Ok((observed, changes))
 }
 
-/// Applies `changes`, proving it only writes, then that the resource is converged again.
+/// Applies `changes`, checks that the update sent exactly the write operations `writes` (it touches the
+/// drifted fields and nothing else), then that the resource is converged again.
+#[allow(clippy::too_many_arguments)]
 async fn correct<D: Driver>(
     driver: &D,
     ctx: &Ctx<'_>,
@@ -128,11 +130,20 @@ async fn correct<D: Driver>(
     tags: &Tags,
     observed: &Observed<D::Spec>,
     changes: &Changes,
+    writes: &[&str],
 ) -> anyhow::Result<Observed<D::Spec>> {
+    ctx.aws.calls.reset();
     driver
         .update(ctx, name, desired, tags, observed, changes)
         .await?;
+    let expected: BTreeSet<String> = writes.iter().map(|w| w.to_string()).collect();
+    assert_eq!(written(ctx.aws), expected, "writes of the update of {name}");
     assert_converged(driver, ctx, name, desired, tags).await
+}
+
+/// The write operations counted since the last reset, by operation name.
+fn written(aws: &Aws) -> BTreeSet<String> {
+    aws.calls.writes().into_keys().map(|(_, op)| op).collect()
 }
 
 /// Deletes, checks it is gone, deletes again (not-found is success).
@@ -289,8 +300,17 @@ async fn bucket_lifecycle_and_drift() -> anyhow::Result<()> {
         (&team.expected, &team.actual),
         (&json!("payments"), &json!("someone-else"))
     );
-    aws.calls.reset();
-    correct(&d, &ctx, &name, &desired, &tags, &observed, &changes).await?;
+    correct(
+        &d,
+        &ctx,
+        &name,
+        &desired,
+        &tags,
+        &observed,
+        &changes,
+        &["PutBucketVersioning", "PutBucketTagging"],
+    )
+    .await?;
 
     // Out of band: the invoke permission removed, the notification's prefix changed.
     let permission = &desired.invoke_permission;
@@ -348,7 +368,17 @@ async fn bucket_lifecycle_and_drift() -> anyhow::Result<()> {
         changes.top_fields(),
         BTreeSet::from(["notification", "invokePermission"])
     );
-    correct(&d, &ctx, &name, &desired, &tags, &observed, &changes).await?;
+    correct(
+        &d,
+        &ctx,
+        &name,
+        &desired,
+        &tags,
+        &observed,
+        &changes,
+        &["AddPermission", "PutBucketNotificationConfiguration"],
+    )
+    .await?;
 
     // Several objects with several versions each, and a delete marker: delete must empty it all.
     for key in ["validated/a.csv", "validated/b.csv", "raw/c.csv"] {
@@ -459,7 +489,17 @@ async fn table_lifecycle_drift_and_index_change() -> anyhow::Result<()> {
         (&pitr.field[..], &pitr.expected, &pitr.actual),
         ("pointInTimeRecovery", &json!(true), &json!(false))
     );
-    correct(&d, &ctx, &name, &desired, &tags, &observed, &changes).await?;
+    correct(
+        &d,
+        &ctx,
+        &name,
+        &desired,
+        &tags,
+        &observed,
+        &changes,
+        &["UpdateContinuousBackups", "TagResource"],
+    )
+    .await?;
 
     // A spec change: one more index (added in place, one index change per UpdateTable).
     let mut wider = desired.clone();
@@ -482,7 +522,17 @@ async fn table_lifecycle_drift_and_index_change() -> anyhow::Result<()> {
         .sort_by(|a, b| a.name.cmp(&b.name));
     let (observed, changes) =
         assert_drift(&d, &ctx, &name, &wider, &tags, &["globalSecondaryIndexes"]).await?;
-    correct(&d, &ctx, &name, &wider, &tags, &observed, &changes).await?;
+    correct(
+        &d,
+        &ctx,
+        &name,
+        &wider,
+        &tags,
+        &observed,
+        &changes,
+        &["UpdateTable"],
+    )
+    .await?;
     // And back: the index is dropped.
     let (observed, changes) = assert_drift(
         &d,
@@ -493,7 +543,17 @@ async fn table_lifecycle_drift_and_index_change() -> anyhow::Result<()> {
         &["globalSecondaryIndexes"],
     )
     .await?;
-    let observed = correct(&d, &ctx, &name, &desired, &tags, &observed, &changes).await?;
+    let observed = correct(
+        &d,
+        &ctx,
+        &name,
+        &desired,
+        &tags,
+        &observed,
+        &changes,
+        &["UpdateTable"],
+    )
+    .await?;
 
     // A key change is refused (the table would have to be replaced), and nothing is written.
     let mut rekeyed = desired.clone();
@@ -618,7 +678,21 @@ async fn repository_lifecycle_drift_and_image_exists() -> anyhow::Result<()> {
         (&mutability.expected, &mutability.actual),
         (&json!("IMMUTABLE"), &json!("MUTABLE"))
     );
-    correct(&d, &ctx, &name, &desired, &tags, &observed, &changes).await?;
+    let mut ecr_writes = vec!["PutImageTagMutability", "TagResource"];
+    if scan_drift {
+        ecr_writes.push("PutImageScanningConfiguration");
+    }
+    correct(
+        &d,
+        &ctx,
+        &name,
+        &desired,
+        &tags,
+        &observed,
+        &changes,
+        &ecr_writes,
+    )
+    .await?;
 
     // Out of band: the policy removed.
     aws.ecr
@@ -628,7 +702,17 @@ async fn repository_lifecycle_drift_and_image_exists() -> anyhow::Result<()> {
         .await?;
     let (observed, changes) = assert_drift(&d, &ctx, &name, &desired, &tags, &["policy"]).await?;
     assert_eq!(changes.diffs[0].actual, serde_json::Value::Null);
-    let observed = correct(&d, &ctx, &name, &desired, &tags, &observed, &changes).await?;
+    let observed = correct(
+        &d,
+        &ctx,
+        &name,
+        &desired,
+        &tags,
+        &observed,
+        &changes,
+        &["SetRepositoryPolicy"],
+    )
+    .await?;
 
     // Deleted with its image (force).
     assert_deleted(&d, &ctx, &name, &desired, &observed).await?;
@@ -707,8 +791,17 @@ async fn queue_lifecycle_and_drift() -> anyhow::Result<()> {
         (&retention.expected, &retention.actual),
         (&json!("1209600"), &json!("345600"))
     );
-    aws.calls.reset();
-    correct(&d, &ctx, &name, &desired, &tags, &observed, &changes).await?;
+    correct(
+        &d,
+        &ctx,
+        &name,
+        &desired,
+        &tags,
+        &observed,
+        &changes,
+        &["SetQueueAttributes", "TagQueue"],
+    )
+    .await?;
 
     // An unmanaged attribute changed out of band is not drift.
     aws.sqs
@@ -795,11 +888,18 @@ async fn topic_lifecycle_and_drift() -> anyhow::Result<()> {
         subs.actual,
         json!(["intruder@example.com", "ops@example.com"])
     );
+    aws.calls.reset();
     d.update(&ctx, &name, &desired, &tags, &observed, &changes)
         .await?;
     let pending = extra
         .subscription_arn()
         .is_none_or(|a| !a.starts_with("arn:"));
+    let mut expected =
+        BTreeSet::from(["SetTopicAttributes".to_string(), "TagResource".to_string()]);
+    if !pending {
+        expected.insert("Unsubscribe".to_string());
+    }
+    assert_eq!(written(&aws), expected, "writes of the topic update");
     eprintln!(
         "{}: an e-mail subscription is {}",
         emu.kind.name(),
@@ -835,8 +935,10 @@ async fn topic_lifecycle_and_drift() -> anyhow::Result<()> {
         let observed = d.observe(&ctx, &name, &desired).await?.context("topic")?;
         let changes = diff(&desired, &tags, &observed);
         assert!(changes.touches("emailSubscriptions"), "{changes:#?}");
+        aws.calls.reset();
         d.update(&ctx, &name, &desired, &tags, &observed, &changes)
             .await?;
+        assert_eq!(written(&aws), BTreeSet::from(["Subscribe".to_string()]));
         let observed = d.observe(&ctx, &name, &desired).await?.context("topic")?;
         assert!(observed
             .spec
