@@ -888,6 +888,15 @@ async fn topic_lifecycle_and_drift() -> anyhow::Result<()> {
         subs.actual,
         json!(["intruder@example.com", "ops@example.com"])
     );
+    let display = changes
+        .diffs
+        .iter()
+        .find(|c| c.field == "attributes.DisplayName")
+        .context("display name diff")?;
+    assert_eq!(
+        (&display.expected, &display.actual),
+        (&json!("tap dev1 notifications"), &json!("hijacked"))
+    );
     aws.calls.reset();
     d.update(&ctx, &name, &desired, &tags, &observed, &changes)
         .await?;
