@@ -8,3 +8,4 @@ pub mod aws;
 pub mod desired;
 pub mod drivers;
 pub mod engine;
+pub mod k8s;
