@@ -130,6 +130,75 @@ impl ApiServerVerifier {
     }
 }
 
+/// Everything a reconcile asked of the API server, answered leniently.
+pub struct Served {
+    /// `(method, uri, body)` in order.
+    pub requests: Vec<(String, String, Value)>,
+}
+
+impl Served {
+    pub fn find(&self, method: &str, uri: &str) -> Vec<&Value> {
+        self.requests
+            .iter()
+            .filter(|(m, u, _)| m == method && u == uri)
+            .map(|(_, _, b)| b)
+            .collect()
+    }
+
+    /// The reasons of the Events created, in order.
+    pub fn event_reasons(&self) -> Vec<String> {
+        self.requests
+            .iter()
+            .filter(|(m, u, _)| m == "POST" && u.contains("/events"))
+            .map(|(_, _, b)| b["reason"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+impl ApiServerVerifier {
+    /// Answers every request until `task` ends: status applies with `pipeline` plus the status, Events
+    /// by echo, Secret reads with 404, anything else by echoing the body. For reconciles whose exact
+    /// sequence depends on what AWS answers.
+    pub async fn serve_until<T>(
+        &mut self,
+        pipeline: &TransactionPipeline,
+        task: tokio::task::JoinHandle<T>,
+    ) -> (Served, T) {
+        let mut served = Served {
+            requests: Vec::new(),
+        };
+        tokio::pin!(task);
+        loop {
+            tokio::select! {
+                result = &mut task => {
+                    return (served, result.expect("the reconcile panicked"));
+                }
+                next = self.0.next_request() => {
+                    let Some((request, respond)) = next else {
+                        continue;
+                    };
+                    let method = request.method().to_string();
+                    let uri = request.uri().to_string();
+                    let bytes = request.into_body().collect_bytes().await.expect("body");
+                    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    served.requests.push((method.clone(), uri.clone(), body.clone()));
+                    let seen = Seen { method, uri, body, respond };
+                    if seen.uri.contains("/status?") {
+                        seen.applied(pipeline);
+                    } else if seen.method == "GET" && seen.uri.contains("/secrets/") {
+                        seen.not_found();
+                    } else if seen.method == "POST" {
+                        seen.echo();
+                    } else {
+                        let body = seen.body.clone();
+                        seen.ok(body);
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub const PIPELINES: &str = "/apis/tap.dev/v1alpha1/namespaces/default/transactionpipelines";
 
 pub fn pipeline_uri(name: &str) -> String {

@@ -14,8 +14,8 @@
 //! - `coordination.k8s.io` `leases` (with leader election): get, create, patch.
 
 pub mod controller;
-#[cfg(test)]
-mod fixtures;
+#[cfg(any(test, feature = "testing"))]
+pub mod fixtures;
 pub mod leader;
 pub mod metrics;
 pub mod secret;
