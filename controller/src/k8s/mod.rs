@@ -7,9 +7,10 @@
 //! the leader is ready too. `/healthz` is 200 while the process runs.
 //!
 //! RBAC the controller uses:
-//! - `tap.dev` `transactionpipelines`: get, list, watch, patch (finalizer JSON patches);
+//! - `tap.dev` `transactionpipelines`: list, watch (the watcher), patch (finalizer JSON patches);
 //!   `transactionpipelines/status`: patch (server-side apply).
-//! - core `secrets`: get, patch (server-side apply creates or updates `<pipeline>-api-key`).
+//! - core `secrets`: get, create, patch (server-side apply of `<pipeline>-api-key`; an apply that
+//!   creates the object is also authorized as `create`).
 //! - `events.k8s.io` `events`: create, patch (a repeated event becomes a series).
 //! - `coordination.k8s.io` `leases` (with leader election): get, create, patch.
 
@@ -342,5 +343,45 @@ pub async fn run_controllers(
             }
             all.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics_are_served() {
+        let metrics = Metrics::new();
+        metrics.reconcile_started();
+        let health = Health::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(metrics, health.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        health.set_ready(true);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let scrape = get(addr, "/metrics").await;
+        assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+        assert!(scrape.contains("application/openmetrics-text"), "{scrape}");
+        assert!(scrape.contains("tap_reconciles_total 1"), "{scrape}");
     }
 }
