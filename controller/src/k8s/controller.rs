@@ -12,7 +12,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -26,6 +26,9 @@ use crate::aws::ErrorClass;
 use crate::engine::{
     Action as EngineAction, DriftMemory, Engine, EngineError, Mode, Pipeline, Report,
 };
+
+/// Sends an extra reconcile request to a running controller.
+pub type Waker = futures::channel::mpsc::UnboundedSender<ObjectRef<TransactionPipeline>>;
 
 /// Requeue while resources are being created or wait for images.
 pub const PROVISIONING_REQUEUE: Duration = Duration::from_secs(15);
@@ -125,6 +128,9 @@ pub struct Context {
     /// Requeue period of a converged pipeline (drift detection).
     pub resync: Duration,
     stores: RwLock<Vec<Store<TransactionPipeline>>>,
+    /// Per running controller: the namespace it watches (`None` = all) and a channel that makes it
+    /// reconcile an object now.
+    wakers: Mutex<Vec<(Option<String>, Waker)>>,
     state: Mutex<HashMap<String, PipelineState>>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -147,6 +153,7 @@ impl Context {
             metrics,
             resync,
             stores: Default::default(),
+            wakers: Default::default(),
             state: Default::default(),
             failures: Default::default(),
         }
@@ -155,6 +162,40 @@ impl Context {
     /// The reflector stores of the running controllers (one per watched namespace, or one for all).
     pub fn set_stores(&self, stores: Vec<Store<TransactionPipeline>>) {
         *self.stores.write().expect("stores lock poisoned") = stores;
+    }
+
+    /// The channels through which the running controllers (namespace, or `None` for all) take extra
+    /// reconcile requests (`Controller::reconcile_on`).
+    pub fn set_wakers(&self, wakers: Vec<(Option<String>, Waker)>) {
+        *self.wakers.lock().expect("wakers lock poisoned") = wakers;
+    }
+
+    /// `pipeline` is going away: the oldest remaining pipeline with the same suffix (held back as a
+    /// duplicate until now) is reconciled at once instead of at its next resync.
+    fn wake_successor(&self, pipeline: &TransactionPipeline) {
+        let successor = {
+            let stores = self.stores.read().expect("stores lock poisoned");
+            stores
+                .iter()
+                .flat_map(|s| s.state())
+                .filter(|other| {
+                    other.spec.environment_suffix == pipeline.spec.environment_suffix
+                        && (other.namespace(), other.name_any())
+                            != (pipeline.namespace(), pipeline.name_any())
+                        && other.metadata.deletion_timestamp.is_none()
+                })
+                .min_by(|a, b| age_key(a).cmp(&age_key(b)))
+        };
+        let Some(successor) = successor else {
+            return;
+        };
+        let wakers = self.wakers.lock().expect("wakers lock poisoned");
+        for (namespace, waker) in wakers.iter() {
+            if namespace.is_none() || *namespace == successor.namespace() {
+                tracing::info!(pipeline = %successor.owner_key(), freed_by = %pipeline.owner_key(), "environmentSuffix freed: reconciling the next pipeline");
+                let _ = waker.unbounded_send(ObjectRef::from_obj(successor.as_ref()));
+            }
+        }
     }
 
     /// The oldest other pipeline with the same `environmentSuffix`, if it is older than `pipeline`
@@ -735,6 +776,7 @@ async fn cleanup(
         )
         .await;
         ctx.forget(&key, &owner);
+        ctx.wake_successor(p);
         return Ok(Action::await_change());
     }
     if let Some(other) = ctx.older_with_same_suffix(p) {
@@ -829,6 +871,7 @@ async fn cleanup(
     if report.converged() {
         tracing::info!(pipeline = %owner, elapsed = ?report.elapsed, "stack torn down; removing the finalizer");
         ctx.forget(&key, &owner);
+        ctx.wake_successor(p);
         return Ok(Action::await_change());
     }
     // Keep the finalizer: record what blocks and retry.
@@ -1129,6 +1172,11 @@ mod tests {
         ])));
         let ctx = context(client, backend.clone(), Metrics::new());
         let p = deleting_pipeline();
+        // A newer pipeline with the same suffix waits as a duplicate; it is woken once the stack is gone.
+        let successor = finalized(pipeline("successor", "dev1", 10));
+        ctx.set_stores(vec![store_of(&[p.clone(), successor])]);
+        let (waker, mut woken) = futures::channel::mpsc::unbounded();
+        ctx.set_wakers(vec![(Some("default".into()), waker)]);
         let task = spawn_reconcile(p.clone(), ctx);
 
         let status = server.expect("PATCH", &status_uri("test")).await;
@@ -1157,6 +1205,8 @@ mod tests {
         gone["metadata"]["finalizers"] = json!([]);
         remove.ok(gone);
         finish(task).await.expect("cleanup");
+        let next = woken.try_recv().expect("a successor was woken");
+        assert_eq!(next.name, "successor");
     }
 
     #[tokio::test]
@@ -1182,6 +1232,11 @@ mod tests {
         ])));
         let ctx = context(client, backend.clone(), Metrics::new());
         let p = deleting_pipeline();
+        // A newer pipeline with the same suffix waits as a duplicate; it is woken once the stack is gone.
+        let successor = finalized(pipeline("successor", "dev1", 10));
+        ctx.set_stores(vec![store_of(&[p.clone(), successor])]);
+        let (waker, mut woken) = futures::channel::mpsc::unbounded();
+        ctx.set_wakers(vec![(Some("default".into()), waker)]);
         let task = spawn_reconcile(p.clone(), ctx);
 
         server
@@ -1199,6 +1254,10 @@ mod tests {
 
         // No finalizer patch: the reconcile ends with an error instead.
         let err = finish(task).await.expect_err("teardown failed");
+        assert!(
+            woken.try_recv().is_err(),
+            "the suffix is not free while the stack remains"
+        );
         assert_eq!(err.kind(), ErrorKind::AwsTerminal);
         assert_eq!(backend.teardown_calls(), 1);
     }

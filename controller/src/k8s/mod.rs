@@ -290,9 +290,12 @@ pub async fn run_controllers(
             .collect()
     };
     let mut stores = Vec::new();
+    let mut wakers = Vec::new();
     let mut stoppers = Vec::new();
     let mut runs = Vec::new();
     for api in apis {
+        let (waker, woken) = futures::channel::mpsc::unbounded();
+        wakers.push((api.namespace().map(str::to_string), waker));
         let (reader, writer) = reflector::store();
         // Status-only changes (our own status patches) do not trigger a reconcile: only spec changes
         // (generation, which the API server also bumps when deletion starts) and finalizer changes do.
@@ -308,6 +311,7 @@ pub async fn run_controllers(
         stoppers.push(tx);
         stores.push(reader.clone());
         let run = Controller::for_stream(stream, reader)
+            .reconcile_on(woken)
             .graceful_shutdown_on(async move {
                 let _ = rx.await;
             })
@@ -321,6 +325,7 @@ pub async fn run_controllers(
         runs.push(run);
     }
     ctx.set_stores(stores.clone());
+    ctx.set_wakers(wakers);
     if readiness {
         let health = health.clone();
         tokio::spawn(async move {
