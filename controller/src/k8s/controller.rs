@@ -545,8 +545,11 @@ async fn apply(
     let phase = report.phase(false);
     let status = report.status(generation, p.status.as_ref(), false);
 
-    // (3) Status.
-    patch_status(api, &name, &status).await?;
+    // (3) Status. (On any early return from here the drift memory goes back first.)
+    if let Err(e) = patch_status(api, &name, &status).await {
+        ctx.put_state(&key, state);
+        return Err(e.into());
+    }
     ctx.metrics.set_phase(&owner, Some(phase));
 
     // (4) API key Secret.
