@@ -88,3 +88,100 @@ impl Leadership {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::k8s::fixtures::mock_client;
+
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/tap-system/leases";
+
+    /// A one-Lease API server: GET, POST and PATCH (spec fields merged, `null` removes), recording
+    /// `(method, path)` of every request.
+    fn serve_leases(
+        mut server: crate::k8s::fixtures::ApiServerVerifier,
+        seen: Arc<Mutex<Vec<(String, String)>>>,
+    ) {
+        tokio::spawn(async move {
+            let mut lease: Option<Value> = None;
+            loop {
+                let request = server.next_request_opt().await;
+                let Some(request) = request else { return };
+                let path = request
+                    .uri
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                seen.lock()
+                    .unwrap()
+                    .push((request.method.clone(), path.clone()));
+                match request.method.as_str() {
+                    "GET" => match &lease {
+                        Some(l) => request.ok(l.clone()),
+                        None => request.not_found(),
+                    },
+                    "POST" => {
+                        let mut created = request.body.clone();
+                        created["metadata"]["namespace"] = json!("tap-system");
+                        created["metadata"]["resourceVersion"] = json!("1");
+                        created["spec"] = json!({});
+                        lease = Some(created.clone());
+                        request.respond(201, created);
+                    }
+                    "PATCH" => {
+                        let current = lease.get_or_insert_with(|| json!({"spec": {}}));
+                        if let Some(fields) = request.body["spec"].as_object() {
+                            for (k, v) in fields {
+                                if v.is_null() {
+                                    current["spec"].as_object_mut().unwrap().remove(k);
+                                } else {
+                                    current["spec"][k] = v.clone();
+                                }
+                            }
+                        }
+                        let answer = current.clone();
+                        request.ok(answer);
+                    }
+                    _ => request.not_found(),
+                }
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn takes_the_lease_with_get_create_and_patch_only() {
+        let (client, server) = mock_client();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        serve_leases(server, seen.clone());
+
+        let mut leadership = Leadership::join(client, "tap-controller", "tap-system", "pod-a")
+            .await
+            .expect("join");
+        tokio::time::timeout(Duration::from_secs(20), leadership.acquired())
+            .await
+            .expect("the lease is free: acquired")
+            .expect("lease manager running");
+        assert!(leadership.is_leader());
+        leadership.release().await;
+
+        let seen = seen.lock().unwrap().clone();
+        let lease = format!("{LEASES}/tap-controller");
+        for (method, path) in &seen {
+            assert!(
+                matches!(
+                    (method.as_str(), path.as_str()),
+                    ("GET", p) | ("PATCH", p) if p == lease
+                ) || (method == "POST" && path == LEASES),
+                "unexpected {method} {path}"
+            );
+        }
+        assert!(seen.iter().any(|(m, _)| m == "POST"), "created the Lease");
+        assert!(seen.iter().any(|(m, _)| m == "PATCH"), "took it by patch");
+    }
+}
