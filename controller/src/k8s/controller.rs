@@ -115,8 +115,6 @@ impl Error {
 #[derive(Default)]
 struct PipelineState {
     memory: DriftMemory,
-    /// Fingerprint of the API key last written to (or confirmed in) the Secret.
-    secret: Option<u64>,
 }
 
 /// Shared by every reconcile.
@@ -554,7 +552,7 @@ async fn apply(
 
     // (4) API key Secret.
     if let Some(value) = &report.api_key {
-        match secret::ensure(&ctx.client, p, value, &mut state.secret).await {
+        match secret::ensure(&ctx.client, p, value).await {
             Ok(true) => {
                 tracing::info!(pipeline = %owner, secret = %secret::secret_name(&name), "API key Secret written");
             }
@@ -1353,7 +1351,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_api_key_secret_is_applied_once_with_an_owner_reference() {
+    async fn the_api_key_secret_is_applied_only_when_missing_with_an_owner_reference() {
         let (client, mut server) = mock_client();
         let backend = ScriptedBackend::default();
         for _ in 0..2 {
@@ -1391,15 +1389,21 @@ mod tests {
         assert_eq!(owner["name"], "test");
         assert_eq!(owner["uid"], "uid-test");
         assert_eq!(owner["controller"], true);
+        let mut written = secret.clone();
+        written["metadata"]["namespace"] = json!("default");
         apply.ok(secret);
         finish(task).await.expect("reconcile");
 
-        // Unchanged key: neither read nor written again.
+        // Unchanged key: read (a deleted Secret would be noticed), not written again.
         let task = spawn_reconcile(p.clone(), ctx);
         server
             .expect("PATCH", &status_uri("test"))
             .await
             .applied(&p);
+        let current = server
+            .expect("GET", "/api/v1/namespaces/default/secrets/test-api-key")
+            .await;
+        current.ok(written);
         finish(task).await.expect("reconcile");
     }
 

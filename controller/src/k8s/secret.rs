@@ -1,7 +1,6 @@
 //! The Secret `<pipeline>-api-key` holding the API key's value (key `apiKey`), owned by the pipeline.
 
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -18,13 +17,6 @@ pub const API_KEY: &str = "apiKey";
 
 pub fn secret_name(pipeline: &str) -> String {
     format!("{pipeline}-api-key")
-}
-
-/// A fingerprint of the value, kept in memory to skip rewriting an unchanged Secret (never logged).
-pub fn fingerprint(value: &SecretValue) -> u64 {
-    let mut h = DefaultHasher::new();
-    value.0.hash(&mut h);
-    h.finish()
 }
 
 fn owner_reference(pipeline: &TransactionPipeline) -> Option<OwnerReference> {
@@ -59,19 +51,14 @@ pub fn desired(pipeline: &TransactionPipeline, value: &SecretValue) -> Secret {
     }
 }
 
-/// Makes sure the Secret holds `value`. `known` is the fingerprint last written or confirmed (in memory):
-/// when it matches, nothing is read or written. Otherwise the Secret is read and applied (server-side)
-/// only when missing or different. Returns whether it was written.
+/// Makes sure the Secret holds `value`: reads it (one GET: a Secret deleted or edited by hand is noticed
+/// at the next reconcile) and applies it server-side only when it is missing, holds another value or lost
+/// its ownerReference. Returns whether it was written.
 pub async fn ensure(
     client: &Client,
     pipeline: &TransactionPipeline,
     value: &SecretValue,
-    known: &mut Option<u64>,
 ) -> Result<bool, kube::Error> {
-    let print = fingerprint(value);
-    if *known == Some(print) {
-        return Ok(false);
-    }
     let namespace = pipeline.namespace().unwrap_or_else(|| "default".into());
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let name = secret_name(&pipeline.name_any());
@@ -92,7 +79,6 @@ pub async fn ensure(
                 })
             });
         if same_value && owned {
-            *known = Some(print);
             return Ok(false);
         }
     }
@@ -102,6 +88,5 @@ pub async fn ensure(
         &Patch::Apply(&want),
     )
     .await?;
-    *known = Some(print);
     Ok(true)
 }
