@@ -8,6 +8,7 @@ use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
 /// `(service, operation)`, e.g. `("Lambda", "GetFunction")`.
@@ -73,10 +74,13 @@ impl Intercept for CallCounter {
         "tap-call-counter"
     }
 
-    // Once per operation, before retries: a retried call is still one call.
-    fn read_before_execution(
+    // Once per operation, before retries: a retried call is still one call. Not `read_before_execution`:
+    // client-level interceptors run that hook before the operation's `Metadata` is in the config bag, so
+    // it would never see which call it is (and nothing would be counted).
+    fn read_before_serialization(
         &self,
         _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if let Some(metadata) = cfg.load::<Metadata>() {
