@@ -11,7 +11,7 @@ use tap_controller::desired::{
     build_stack, FunctionSpec, Kind, Resource, ResourceId, ResourceSpec, RestApiSpec, StackEnv,
     UsagePlanSpec,
 };
-//APIGW use tap_controller::drivers::apigateway::{RestApis, UsagePlans};
+use tap_controller::drivers::apigateway::{RestApis, UsagePlans};
 use tap_controller::drivers::lambda::Functions;
 use tap_controller::drivers::{diff, Changes, Ctx, Driver, FieldDiff, Outputs};
 use tap_tests::{Emulator, EmulatorKind};
@@ -410,5 +410,421 @@ async fn function_update_restores_every_configuration_field() -> anyhow::Result<
         without_gaps(kind, diff(&desired, &r.tags, &observed), FUNCTION_GAPS),
         vec![]
     );
+    Ok(())
+}
+
+impl Setup {
+    fn rest_api(&self) -> anyhow::Result<(Resource, RestApiSpec)> {
+        let r = self.resource(Kind::RestApi, "-api")?;
+        match &r.spec {
+            ResourceSpec::RestApi(s) => Ok((r.clone(), s.clone())),
+            other => bail!("unexpected spec {other:?}"),
+        }
+    }
+
+    fn usage_plan(&self) -> anyhow::Result<(Resource, UsagePlanSpec)> {
+        let r = self.resource(Kind::UsagePlan, "-usage-plan")?;
+        match &r.spec {
+            ResourceSpec::UsagePlan(s) => Ok((r.clone(), s.clone())),
+            other => bail!("unexpected spec {other:?}"),
+        }
+    }
+}
+
+fn patch(
+    op: aws_sdk_apigateway::types::Op,
+    path: &str,
+    value: &str,
+) -> aws_sdk_apigateway::types::PatchOperation {
+    aws_sdk_apigateway::types::PatchOperation::builder()
+        .op(op)
+        .path(path)
+        .value(value)
+        .build()
+}
+
+#[tokio::test]
+async fn rest_api_converges_drift_and_deletes() -> anyhow::Result<()> {
+    use aws_sdk_apigateway::types::Op;
+    let s = Setup::start().await?;
+    let deps = BTreeMap::new();
+    let ctx = Ctx {
+        aws: &s.aws,
+        deps: &deps,
+    };
+    // The integration's function must exist (its permission is added by the API).
+    s.create_function("csv-validator").await?;
+    let (r, desired) = s.rest_api()?;
+    let name = r.name();
+
+    assert!(RestApis.observe(&ctx, name, &desired).await?.is_none());
+    let outputs = RestApis.create(&ctx, name, &desired, &r.tags).await?;
+    let id = outputs.id.clone().context("api id")?;
+    assert_eq!(
+        outputs.arn,
+        Some(format!("arn:aws:apigateway:us-east-1::/restapis/{id}"))
+    );
+    assert_eq!(
+        outputs.url,
+        Some(format!(
+            "https://{id}.execute-api.us-east-1.amazonaws.com/prod/upload"
+        ))
+    );
+
+    let observed = RestApis
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("created")?;
+    assert_eq!(diff(&desired, &r.tags, &observed).diffs, vec![]);
+    assert_eq!(observed.outputs, outputs);
+    assert!(observed
+        .spec
+        .invoke_permission
+        .source_arn
+        .contains(":{api_id}/*/POST/upload"));
+
+    s.aws.calls.reset();
+    RestApis.observe(&ctx, name, &desired).await?;
+    assert_eq!(s.aws.calls.writes(), BTreeMap::new());
+
+    // Drift out of band: description, stage throttling and a tag.
+    s.aws
+        .apigateway
+        .update_rest_api()
+        .rest_api_id(&id)
+        .patch_operations(patch(Op::Replace, "/description", "changed by hand"))
+        .send()
+        .await
+        .context("UpdateRestApi")?;
+    s.aws
+        .apigateway
+        .update_stage()
+        .rest_api_id(&id)
+        .stage_name(&desired.stage.name)
+        .patch_operations(patch(Op::Replace, "/*/*/throttling/burstLimit", "7"))
+        .send()
+        .await
+        .context("UpdateStage")?;
+    // moto's API Gateway TagResource only knows stages (a REST API ARN is "not found"): no tag drift there.
+    let tags_supported = s.emu.kind != EmulatorKind::Moto;
+    if tags_supported {
+        let arn = outputs.arn.clone().context("arn")?;
+        s.aws
+            .apigateway
+            .tag_resource()
+            .resource_arn(&arn)
+            .tags("team", "someone-else")
+            .send()
+            .await?;
+    }
+    let observed = RestApis
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("exists")?;
+    let changes = diff(&desired, &r.tags, &observed);
+    let mut expected = vec!["description", "stage.throttleBurstLimit", "tags.team"];
+    let mut expected_writes = vec!["TagResource", "UpdateRestApi", "UpdateStage"];
+    if !tags_supported {
+        expected.retain(|f| *f != "tags.team");
+        expected_writes.retain(|f| *f != "TagResource");
+    }
+    assert_eq!(fields(&changes.diffs), expected);
+    assert_eq!(changes.diffs[1].actual, serde_json::json!(7));
+    s.aws.calls.reset();
+    RestApis
+        .update(&ctx, name, &desired, &r.tags, &observed, &changes)
+        .await?;
+    let writes = s.aws.calls.writes();
+    assert_eq!(
+        writes.keys().map(|(_, op)| op.as_str()).collect::<Vec<_>>(),
+        expected_writes,
+        "only the drifted parts are written"
+    );
+    let observed = RestApis
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("exists")?;
+    assert_eq!(diff(&desired, &r.tags, &observed).diffs, vec![]);
+
+    // The method is re-put by hand without its API key requirement, validator, parameters, models or
+    // integration, and the permission disappears: all restored, and redeployed.
+    let resource_id = s
+        .aws
+        .apigateway
+        .get_resources()
+        .rest_api_id(&id)
+        .send()
+        .await?
+        .items()
+        .iter()
+        .find(|res| res.path() == Some("/upload"))
+        .and_then(|res| res.id().map(str::to_string))
+        .context("/upload")?;
+    s.aws
+        .apigateway
+        .delete_method()
+        .rest_api_id(&id)
+        .resource_id(&resource_id)
+        .http_method("POST")
+        .send()
+        .await?;
+    s.aws
+        .apigateway
+        .put_method()
+        .rest_api_id(&id)
+        .resource_id(&resource_id)
+        .http_method("POST")
+        .authorization_type("NONE")
+        .api_key_required(false)
+        .send()
+        .await?;
+    s.aws
+        .lambda
+        .remove_permission()
+        .function_name(&desired.invoke_permission.function_name)
+        .statement_id(&desired.invoke_permission.statement_id)
+        .send()
+        .await?;
+    let observed = RestApis
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("exists")?;
+    let changes = diff(&desired, &r.tags, &observed);
+    let tops: Vec<&str> = changes.top_fields().into_iter().collect();
+    assert_eq!(
+        tops,
+        ["integration", "invokePermission", "method", "validator"],
+        "{:?}",
+        changes.diffs
+    );
+    s.aws.calls.reset();
+    RestApis
+        .update(&ctx, name, &desired, &r.tags, &observed, &changes)
+        .await?;
+    let writes = s.aws.calls.writes();
+    assert_eq!(
+        writes.get(&("API Gateway".into(), "CreateDeployment".into())),
+        Some(&1),
+        "{writes:?}"
+    );
+    assert_eq!(
+        writes.get(&("API Gateway".into(), "CreateRequestValidator".into())),
+        None,
+        "reused: {writes:?}"
+    );
+    let observed = RestApis
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("exists")?;
+    assert_eq!(diff(&desired, &r.tags, &observed).diffs, vec![]);
+
+    RestApis.delete(&ctx, name, &observed).await?;
+    assert!(RestApis.observe(&ctx, name, &desired).await?.is_none());
+    let policy = s
+        .aws
+        .lambda
+        .get_policy()
+        .function_name(&desired.invoke_permission.function_name)
+        .send()
+        .await;
+    if let Ok(policy) = policy {
+        assert!(
+            !policy
+                .policy()
+                .unwrap_or_default()
+                .contains(&desired.invoke_permission.statement_id),
+            "permission removed"
+        );
+    }
+    RestApis.delete(&ctx, name, &observed).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn usage_plan_binds_key_converges_drift_and_deletes() -> anyhow::Result<()> {
+    use aws_sdk_apigateway::types::Op;
+    let s = Setup::start().await?;
+    s.create_function("csv-validator").await?;
+    let (api, api_spec) = s.rest_api()?;
+    let no_deps = BTreeMap::new();
+    let api_outputs = RestApis
+        .create(
+            &Ctx {
+                aws: &s.aws,
+                deps: &no_deps,
+            },
+            api.name(),
+            &api_spec,
+            &api.tags,
+        )
+        .await?;
+    let api_id = api_outputs.id.clone().context("api id")?;
+    let deps = BTreeMap::from([(
+        ResourceId {
+            kind: Kind::RestApi,
+            name: api.name().to_string(),
+        },
+        api_outputs,
+    )]);
+    let ctx = Ctx {
+        aws: &s.aws,
+        deps: &deps,
+    };
+    let (r, desired) = s.usage_plan()?;
+    let name = r.name();
+
+    assert!(UsagePlans.observe(&ctx, name, &desired).await?.is_none());
+    let outputs = UsagePlans.create(&ctx, name, &desired, &r.tags).await?;
+    let plan_id = outputs.id.clone().context("plan id")?;
+    let key_id = outputs.extra.get("apiKeyId").cloned().context("apiKeyId")?;
+    let secret = outputs.secret.clone().context("key value")?;
+    assert!(!secret.0.is_empty());
+    assert!(
+        !format!("{outputs:?}").contains(&secret.0),
+        "the key value never shows in Debug"
+    );
+
+    let observed = UsagePlans
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("created")?;
+    assert_eq!(diff(&desired, &r.tags, &observed).diffs, vec![]);
+    assert_eq!(observed.outputs, outputs);
+    // A dry-run plan has no dependency outputs: the API is found by name.
+    let dry = UsagePlans
+        .observe(
+            &Ctx {
+                aws: &s.aws,
+                deps: &no_deps,
+            },
+            name,
+            &desired,
+        )
+        .await?
+        .context("created")?;
+    assert_eq!(dry, observed);
+
+    s.aws.calls.reset();
+    UsagePlans.observe(&ctx, name, &desired).await?;
+    assert_eq!(s.aws.calls.writes(), BTreeMap::new());
+
+    // Drift out of band: throttle, quota and a tag, and the key unbound. moto stores a patched
+    // `/quota/limit` as a string, which no SDK can read back, and its API Gateway TagResource only knows
+    // stages: on moto the quota and the tag are left alone.
+    let moto = s.emu.kind == EmulatorKind::Moto;
+    let mut drift = s
+        .aws
+        .apigateway
+        .update_usage_plan()
+        .usage_plan_id(&plan_id)
+        .patch_operations(patch(Op::Replace, "/throttle/rateLimit", "1"));
+    if !moto {
+        drift = drift.patch_operations(patch(Op::Replace, "/quota/limit", "5"));
+        s.aws
+            .apigateway
+            .tag_resource()
+            .resource_arn(outputs.arn.clone().context("arn")?)
+            .tags("team", "someone-else")
+            .send()
+            .await?;
+    }
+    drift.send().await?;
+    s.aws
+        .apigateway
+        .delete_usage_plan_key()
+        .usage_plan_id(&plan_id)
+        .key_id(&key_id)
+        .send()
+        .await?;
+    let observed = UsagePlans
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("exists")?;
+    let changes = diff(&desired, &r.tags, &observed);
+    let mut expected = vec!["apiKeyName", "quotaLimit", "tags.team", "throttleRateLimit"];
+    let mut expected_writes = vec!["CreateUsagePlanKey", "TagResource", "UpdateUsagePlan"];
+    if moto {
+        expected.retain(|f| !["quotaLimit", "tags.team"].contains(f));
+        expected_writes.retain(|f| *f != "TagResource");
+    } else {
+        assert_eq!(
+            (
+                changes.diffs[1].expected.clone(),
+                changes.diffs[1].actual.clone()
+            ),
+            (serde_json::json!(1000), serde_json::json!(5))
+        );
+    }
+    assert_eq!(fields(&changes.diffs), expected);
+    assert_eq!(observed.outputs.secret, None);
+    s.aws.calls.reset();
+    let updated = UsagePlans
+        .update(&ctx, name, &desired, &r.tags, &observed, &changes)
+        .await?;
+    let writes = s.aws.calls.writes();
+    assert_eq!(
+        writes.keys().map(|(_, op)| op.as_str()).collect::<Vec<_>>(),
+        expected_writes,
+        "one patch call, the same key re-bound (not a new one)"
+    );
+    assert_eq!(updated.extra.get("apiKeyId"), Some(&key_id));
+    assert_eq!(updated.secret.as_ref(), Some(&secret));
+    let observed = UsagePlans
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("exists")?;
+    assert_eq!(diff(&desired, &r.tags, &observed).diffs, vec![]);
+
+    // The plan moved to another stage out of band: the API stage is swapped back.
+    s.aws
+        .apigateway
+        .create_deployment()
+        .rest_api_id(&api_id)
+        .stage_name("other")
+        .send()
+        .await?;
+    s.aws
+        .apigateway
+        .update_usage_plan()
+        .usage_plan_id(&plan_id)
+        .patch_operations(patch(
+            Op::Remove,
+            "/apiStages",
+            &format!("{api_id}:{}", desired.stage_name),
+        ))
+        .patch_operations(patch(Op::Add, "/apiStages", &format!("{api_id}:other")))
+        .send()
+        .await?;
+    let observed = UsagePlans
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("exists")?;
+    let changes = diff(&desired, &r.tags, &observed);
+    assert_eq!(fields(&changes.diffs), ["stageName"]);
+    UsagePlans
+        .update(&ctx, name, &desired, &r.tags, &observed, &changes)
+        .await?;
+    let observed = UsagePlans
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("exists")?;
+    assert_eq!(diff(&desired, &r.tags, &observed).diffs, vec![]);
+
+    UsagePlans.delete(&ctx, name, &observed).await?;
+    assert!(UsagePlans.observe(&ctx, name, &desired).await?.is_none());
+    let keys = s
+        .aws
+        .apigateway
+        .get_api_keys()
+        .name_query(&desired.api_key_name)
+        .send()
+        .await?;
+    assert!(
+        keys.items()
+            .iter()
+            .all(|k| k.name() != Some(desired.api_key_name.as_str())),
+        "the key is deleted"
+    );
+    UsagePlans.delete(&ctx, name, &observed).await?;
     Ok(())
 }
