@@ -872,3 +872,121 @@ async fn verify_tags(
     assert_eq!(tags.get("stray"), None);
     Ok(())
 }
+
+#[tokio::test]
+async fn rest_api_interrupted_create_is_completed_by_update() -> anyhow::Result<()> {
+    use aws_sdk_apigateway::types::{EndpointConfiguration, EndpointType};
+    let s = Setup::start().await?;
+    let deps = BTreeMap::new();
+    let ctx = Ctx {
+        aws: &s.aws,
+        deps: &deps,
+    };
+    s.create_function("csv-validator").await?;
+    let (r, desired) = s.rest_api()?;
+    let name = r.name();
+
+    // A create that stopped right after CreateRestApi: no resource, model, validator, method, stage or
+    // permission yet.
+    s.aws
+        .apigateway
+        .create_rest_api()
+        .name(name)
+        .description(&desired.description)
+        .endpoint_configuration(
+            EndpointConfiguration::builder()
+                .types(EndpointType::Regional)
+                .build(),
+        )
+        .set_tags(Some(r.tags.clone().into_iter().collect()))
+        .send()
+        .await?;
+    let observed = RestApis
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("the API exists")?;
+    let changes = diff(&desired, &r.tags, &observed);
+    let tops: Vec<&str> = changes.top_fields().into_iter().collect();
+    assert_eq!(
+        tops,
+        [
+            "integration",
+            "invokePermission",
+            "method",
+            "model",
+            "resourcePath",
+            "stage",
+            "validator"
+        ],
+        "{:?}",
+        changes.diffs
+    );
+    RestApis
+        .update(&ctx, name, &desired, &r.tags, &observed, &changes)
+        .await?;
+    let observed = RestApis
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("exists")?;
+    assert_eq!(diff(&desired, &r.tags, &observed).diffs, vec![]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn usage_plan_create_after_interruption_reuses_the_key() -> anyhow::Result<()> {
+    let s = Setup::start().await?;
+    s.create_function("csv-validator").await?;
+    let (api, api_spec) = s.rest_api()?;
+    let no_deps = BTreeMap::new();
+    let ctx = Ctx {
+        aws: &s.aws,
+        deps: &no_deps,
+    };
+    RestApis
+        .create(&ctx, api.name(), &api_spec, &api.tags)
+        .await?;
+    let (r, desired) = s.usage_plan()?;
+
+    // A create that stopped right after CreateApiKey: the plan does not exist, the key does.
+    let key = s
+        .aws
+        .apigateway
+        .create_api_key()
+        .name(&desired.api_key_name)
+        .enabled(true)
+        .send()
+        .await?;
+    let key_id = key.id().context("key id")?.to_string();
+    assert!(UsagePlans
+        .observe(&ctx, r.name(), &desired)
+        .await?
+        .is_none());
+    // No dependency outputs either: the API is found by name.
+    let outputs = UsagePlans.create(&ctx, r.name(), &desired, &r.tags).await?;
+    assert_eq!(
+        outputs.extra.get("apiKeyId"),
+        Some(&key_id),
+        "the existing key is bound, not a second one"
+    );
+    let keys = s
+        .aws
+        .apigateway
+        .get_api_keys()
+        .name_query(&desired.api_key_name)
+        .send()
+        .await?;
+    assert_eq!(
+        keys.items()
+            .iter()
+            .filter(|k| k.name() == Some(desired.api_key_name.as_str()))
+            .count(),
+        1
+    );
+    let observed = UsagePlans
+        .observe(&ctx, r.name(), &desired)
+        .await?
+        .context("created")?;
+    assert_eq!(diff(&desired, &r.tags, &observed).diffs, vec![]);
+    assert_eq!(observed.outputs.secret, outputs.secret);
+    Ok(())
+}
