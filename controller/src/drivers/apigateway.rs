@@ -804,7 +804,6 @@ impl Driver for RestApis {
                     .context(api_resource(name), "apigateway:UpdateModel")?;
             }
         }
-        let mut redeploy = false;
         let method_parts = ["resourcePath", "method", "validator", "integration"];
         if changes.touches_any(&method_parts) {
             let (resource_id, created) =
@@ -839,9 +838,10 @@ impl Driver for RestApis {
             }
             if method_differs || changes.touches("integration") {
                 Self::put_integration(ctx, name, &api_id, &resource_id, desired).await?;
-                redeploy = true;
             }
         }
+        // Models, validators, methods and integrations reach clients only through a deployment.
+        let redeploy = changes.touches_any(&method_parts) || changes.touches("model");
         // A change goes live with a new deployment. An existing stage is pointed at it (its settings stay
         // as they are); a missing stage is created by the deployment.
         let stage_exists = observed.spec.stage.name == desired.stage.name;
