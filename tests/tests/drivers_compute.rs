@@ -990,3 +990,100 @@ async fn usage_plan_create_after_interruption_reuses_the_key() -> anyhow::Result
     assert_eq!(observed.outputs.secret, outputs.secret);
     Ok(())
 }
+
+#[tokio::test]
+async fn rest_api_model_and_validator_drift_is_corrected() -> anyhow::Result<()> {
+    use aws_sdk_apigateway::types::Op;
+    let s = Setup::start().await?;
+    let deps = BTreeMap::new();
+    let ctx = Ctx {
+        aws: &s.aws,
+        deps: &deps,
+    };
+    s.create_function("csv-validator").await?;
+    let (r, desired) = s.rest_api()?;
+    let name = r.name();
+    let id = RestApis
+        .create(&ctx, name, &desired, &r.tags)
+        .await?
+        .id
+        .context("api id")?;
+
+    // moto does not implement UpdateModel: the model is drifted (and corrected) on ministack only.
+    let moto = s.emu.kind == EmulatorKind::Moto;
+    if !moto {
+        s.aws
+            .apigateway
+            .update_model()
+            .rest_api_id(&id)
+            .model_name(&desired.model.name)
+            .patch_operations(patch(Op::Replace, "/schema", r#"{"type": "object"}"#))
+            .send()
+            .await?;
+    }
+    let validators = s
+        .aws
+        .apigateway
+        .get_request_validators()
+        .rest_api_id(&id)
+        .send()
+        .await?;
+    let validator_id = validators
+        .items()
+        .first()
+        .and_then(|v| v.id())
+        .context("validator")?
+        .to_string();
+    s.aws
+        .apigateway
+        .update_request_validator()
+        .rest_api_id(&id)
+        .request_validator_id(&validator_id)
+        .patch_operations(patch(Op::Replace, "/validateRequestBody", "false"))
+        .send()
+        .await?;
+    let observed = RestApis
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("exists")?;
+    let changes = diff(&desired, &r.tags, &observed);
+    let tops: Vec<&str> = changes.top_fields().into_iter().collect();
+    let expected: &[&str] = if moto {
+        &["validator"]
+    } else {
+        &["model", "validator"]
+    };
+    assert_eq!(tops, expected, "{:?}", changes.diffs);
+    assert!(changes
+        .diffs
+        .iter()
+        .any(|d| d.field == "validator.validateRequestBody"));
+    s.aws.calls.reset();
+    RestApis
+        .update(&ctx, name, &desired, &r.tags, &observed, &changes)
+        .await?;
+    let writes = s.aws.calls.writes();
+    let ops: &[&str] = if moto {
+        &["UpdateRequestValidator", "CreateDeployment"]
+    } else {
+        &["UpdateModel", "UpdateRequestValidator", "CreateDeployment"]
+    };
+    for op in ops {
+        assert_eq!(
+            writes.get(&("API Gateway".into(), op.to_string())),
+            Some(&1),
+            "{op}: {writes:?}"
+        );
+    }
+    assert_eq!(
+        writes.get(&("API Gateway".into(), "PutMethod".into())),
+        None,
+        "{writes:?}"
+    );
+    let observed = RestApis
+        .observe(&ctx, name, &desired)
+        .await?
+        .context("exists")?;
+    assert_eq!(diff(&desired, &r.tags, &observed).diffs, vec![]);
+    Ok(())
+}
