@@ -20,7 +20,14 @@ fn spec(suffix: &str) -> TransactionPipelineSpec {
 
 async fn push_images(aws: &Aws, suffix: &str) {
     for f in ["csv-validator", "data-transformer", "notification-sender"] {
-        aws.ecr.put_image().repository_name(format!("tap-{suffix}-{f}")).image_tag("v1").image_manifest(fake_image_manifest("v1")).send().await.expect("push image");
+        aws.ecr
+            .put_image()
+            .repository_name(format!("tap-{suffix}-{f}"))
+            .image_tag("v1")
+            .image_manifest(fake_image_manifest("v1"))
+            .send()
+            .await
+            .expect("push image");
     }
 }
 
@@ -29,15 +36,24 @@ async fn push_images(aws: &Aws, suffix: &str) {
 async fn converge_one(engine: &Engine, aws: &Aws, suffix: &str) -> (Duration, Report) {
     let spec = spec(suffix);
     let owner = format!("bench/{suffix}");
-    let pipeline = Pipeline { owner: &owner, spec: &spec };
+    let pipeline = Pipeline {
+        owner: &owner,
+        spec: &spec,
+    };
     let mut memory = DriftMemory::default();
     let started = Instant::now();
-    engine.reconcile(&pipeline, Mode::Apply, &mut memory).await.expect("reconcile");
+    engine
+        .reconcile(&pipeline, Mode::Apply, &mut memory)
+        .await
+        .expect("reconcile");
     let mut timed = started.elapsed();
     push_images(aws, suffix).await;
     for _ in 0..10 {
         let t = Instant::now();
-        let report = engine.reconcile(&pipeline, Mode::Apply, &mut memory).await.expect("reconcile");
+        let report = engine
+            .reconcile(&pipeline, Mode::Apply, &mut memory)
+            .await
+            .expect("reconcile");
         timed += t.elapsed();
         if report.converged() {
             return (timed, report);
@@ -63,7 +79,11 @@ async fn scenario(pipelines: usize, concurrency: usize) -> Row {
     let started = Instant::now();
     let suffixes: Vec<String> = (0..pipelines).map(|i| format!("b{i}")).collect();
     let results = join_all(suffixes.iter().map(|s| converge_one(&engine, &aws, s))).await;
-    let wall = if pipelines == 1 { results[0].0 } else { started.elapsed() };
+    let wall = if pipelines == 1 {
+        results[0].0
+    } else {
+        started.elapsed()
+    };
     Row {
         pipelines,
         concurrency,
@@ -82,13 +102,27 @@ async fn main() {
             rows.push(scenario(pipelines, concurrency).await);
         }
     }
-    println!("\n## Converge (moto, {} cores)\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "\n## Converge (moto, {} cores)\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     println!("| pipelines | executor | wall time | AWS calls | writes | reads | peak RSS engine (MiB) | peak RSS moto (MiB) |");
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let total: u64 = r.calls.values().sum();
-        let writes: u64 = r.calls.iter().filter(|((_, op), _)| !is_read(op)).map(|(_, c)| c).sum();
-        let executor = if r.concurrency == 1 { "sequential (concurrency 1)".to_string() } else { format!("graph (concurrency {})", r.concurrency) };
+        let writes: u64 = r
+            .calls
+            .iter()
+            .filter(|((_, op), _)| !is_read(op))
+            .map(|(_, c)| c)
+            .sum();
+        let executor = if r.concurrency == 1 {
+            "sequential (concurrency 1)".to_string()
+        } else {
+            format!("graph (concurrency {})", r.concurrency)
+        };
         println!(
             "| {} | {executor} | {:.2} s | {total} | {writes} | {} | {:.1} | {:.1} |",
             r.pipelines,
@@ -110,24 +144,55 @@ async fn main() {
     let engine = Engine::new(emulator.sdk_config(), 8, BTreeMap::new());
     let aws = engine.aws(None).await.expect("sts");
     let spec = spec("r1");
-    let pipeline = Pipeline { owner: "bench/r1", spec: &spec };
+    let pipeline = Pipeline {
+        owner: "bench/r1",
+        spec: &spec,
+    };
     let mut memory = DriftMemory::default();
-    engine.reconcile(&pipeline, Mode::Apply, &mut memory).await.unwrap();
+    engine
+        .reconcile(&pipeline, Mode::Apply, &mut memory)
+        .await
+        .unwrap();
     push_images(&aws, "r1").await;
-    while !engine.reconcile(&pipeline, Mode::Apply, &mut memory).await.unwrap().converged() {}
+    while !engine
+        .reconcile(&pipeline, Mode::Apply, &mut memory)
+        .await
+        .unwrap()
+        .converged()
+    {}
     let mut resyncs = Vec::new();
     for _ in 0..5 {
-        let r = engine.reconcile(&pipeline, Mode::Apply, &mut memory).await.unwrap();
+        let r = engine
+            .reconcile(&pipeline, Mode::Apply, &mut memory)
+            .await
+            .unwrap();
         assert!(!r.has_changes());
         resyncs.push(r);
     }
-    let mut times: Vec<f64> = resyncs.iter().map(|r| r.elapsed.as_secs_f64() * 1000.0).collect();
+    let mut times: Vec<f64> = resyncs
+        .iter()
+        .map(|r| r.elapsed.as_secs_f64() * 1000.0)
+        .collect();
     times.sort_by(f64::total_cmp);
     let reads: u64 = resyncs[0].calls.values().sum();
-    let writes: u64 = resyncs.iter().flat_map(|r| r.calls.iter()).filter(|((_, op), _)| !is_read(op)).map(|(_, c)| c).sum();
-    aws.lambda.update_function_configuration().function_name("tap-r1-csv-validator").memory_size(256).send().await.unwrap();
+    let writes: u64 = resyncs
+        .iter()
+        .flat_map(|r| r.calls.iter())
+        .filter(|((_, op), _)| !is_read(op))
+        .map(|(_, c)| c)
+        .sum();
+    aws.lambda
+        .update_function_configuration()
+        .function_name("tap-r1-csv-validator")
+        .memory_size(256)
+        .send()
+        .await
+        .unwrap();
     let changed = Instant::now();
-    let fix = engine.reconcile(&pipeline, Mode::Apply, &mut memory).await.unwrap();
+    let fix = engine
+        .reconcile(&pipeline, Mode::Apply, &mut memory)
+        .await
+        .unwrap();
     let to_correction = changed.elapsed();
     assert!(fix.drift.iter().any(|d| d.field == "memoryMb"));
     println!("\n## Resync of a converged stack (moto, 26 resources)\n");
@@ -136,6 +201,17 @@ async fn main() {
     println!("| resync time, median of 5 | {:.1} ms |", times[2]);
     println!("| read calls per resync | {reads} |");
     println!("| write calls over 5 resyncs | {writes} |");
-    println!("| out-of-band change → corrected (one reconcile) | {:.1} ms |", to_correction.as_secs_f64() * 1000.0);
-    println!("| calls in the correcting reconcile | {} ({} writes) |", fix.calls.values().sum::<u64>(), fix.calls.iter().filter(|((_, op), _)| !is_read(op)).map(|(_, c)| c).sum::<u64>());
+    println!(
+        "| out-of-band change → corrected (one reconcile) | {:.1} ms |",
+        to_correction.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| calls in the correcting reconcile | {} ({} writes) |",
+        fix.calls.values().sum::<u64>(),
+        fix.calls
+            .iter()
+            .filter(|((_, op), _)| !is_read(op))
+            .map(|(_, c)| c)
+            .sum::<u64>()
+    );
 }

@@ -59,6 +59,15 @@ impl ResourceReport {
         }
     }
 
+    /// Exists as ours, so dependents can be converged against it (drift it keeps does not block them).
+    pub fn usable(&self) -> bool {
+        match &self.action {
+            Action::NoChange | Action::Hold(_) => true,
+            Action::Create | Action::Update(_) => self.applied,
+            _ => false,
+        }
+    }
+
     pub fn state(&self) -> ResourceState {
         match (&self.action, self.applied) {
             (Action::NoChange, _) => ResourceState::Ready,

@@ -83,8 +83,9 @@ fn index(stack: &Stack) -> HashMap<&ResourceId, usize> {
         .collect()
 }
 
-/// Converges resources after their dependencies. A dependency that did not converge blocks its
-/// dependents (in a dry run nothing is created, so nothing blocks).
+/// Converges resources after their dependencies. A dependency that does not exist as ours (waiting,
+/// failed, in conflict) blocks its dependents; one that keeps a drift does not. In a dry run nothing is
+/// created, so nothing blocks.
 pub async fn forward<F, Fut>(
     stack: &Stack,
     concurrency: usize,
@@ -110,7 +111,7 @@ where
         stack,
         prereqs,
         concurrency,
-        |dep| mode == Mode::Apply && !dep.is_done(),
+        |dep| mode == Mode::Apply && !dep.usable(),
         |i, deps| {
             let outputs = deps
                 .iter()
