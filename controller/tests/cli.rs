@@ -1,9 +1,11 @@
 //! The CLI as a user runs it: `plan`, `apply`, `destroy` on a manifest against the local AWS emulator.
+//! Always moto (with its read-back fixes in tests/moto): exit codes depend on a converged stack reading
+//! back exactly, and ministack drops the state machine's tracing setting (the stack tests cover both).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use tap_tests::{fake_image_manifest, Emulator};
+use tap_tests::{fake_image_manifest, Emulator, EmulatorKind};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tap-controller");
 
@@ -55,7 +57,7 @@ async fn push_images(emu: &Emulator, suffix: &str) {
 
 #[tokio::test]
 async fn plan_apply_drift_and_destroy_with_exit_codes() {
-    let emu = Emulator::start().await.unwrap();
+    let emu = Emulator::start_kind(EmulatorKind::Moto).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = manifest(&dir, "cli1", 512);
     let file = file.to_str().unwrap();
@@ -138,7 +140,7 @@ async fn plan_apply_drift_and_destroy_with_exit_codes() {
 
 #[tokio::test]
 async fn bad_input_is_a_clear_error_and_touches_nothing() {
-    let emu = Emulator::start().await.unwrap();
+    let emu = Emulator::start_kind(EmulatorKind::Moto).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = manifest(&dir, "cli2", 64);
     for command in ["plan", "apply"] {

@@ -49,3 +49,11 @@ def _patch():
 
 
 _patch()
+
+# Lambda: keep DeadLetterConfig and TracingConfig like AWS does (see lambda_config.py).
+try:
+    import lambda_config
+
+    lambda_config.patch()
+except Exception:  # never keep moto from starting
+    pass
