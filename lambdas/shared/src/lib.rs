@@ -5,6 +5,7 @@
 //! Handlers are plain async functions over SDK clients and a config struct; the Lambda runtime only
 //! wires them up in each function's `main`.
 
+pub mod aws;
 pub mod config;
 pub mod error;
 pub mod record;
