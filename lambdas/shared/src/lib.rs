@@ -11,6 +11,7 @@ pub mod error;
 pub mod record;
 pub mod schema;
 pub mod status;
+pub mod testing;
 pub mod validate;
 
 pub use config::{NotifierConfig, TransformerConfig, ValidatorConfig};
