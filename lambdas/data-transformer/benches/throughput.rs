@@ -166,8 +166,8 @@ fn main() {
     }
     println!();
     println!(
-        "{:<18} {:>9} {:>9} {:>12} {:>14}  {}",
-        "case", "rows", "secs", "rows/s", "peak RSS MiB", "what"
+        "{:<18} {:>9} {:>9} {:>12} {:>14}  what",
+        "case", "rows", "secs", "rows/s", "peak RSS MiB"
     );
     for (case, what) in cases {
         match run_child(case, &csv_path) {

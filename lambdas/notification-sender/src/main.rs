@@ -10,7 +10,10 @@ use tap_lambda_shared::NotifierConfig;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     tap_lambda_shared::aws::init_tracing();
-    let config = Arc::new(NotifierConfig::from_env()?);
+    let config = Arc::new(tap_lambda_shared::aws::config_or_exit(
+        "notification-sender",
+        NotifierConfig::from_env(),
+    ));
     let clients = Arc::new(Clients::new(
         &tap_lambda_shared::aws::load_sdk_config().await,
     ));

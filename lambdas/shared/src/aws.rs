@@ -47,3 +47,16 @@ pub fn init_tracing() {
         .with_current_span(false)
         .try_init();
 }
+
+/// The configuration, or — at start-up, before the runtime loop — a clear message naming the
+/// missing or invalid variable on stderr (and in the JSON log) and exit code 1.
+pub fn config_or_exit<T>(function: &str, config: Result<T>) -> T {
+    match config {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(function, error = %error, "cannot start");
+            eprintln!("{function}: cannot start: {error}");
+            std::process::exit(1)
+        }
+    }
+}
