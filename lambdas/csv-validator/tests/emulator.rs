@@ -132,7 +132,7 @@ async fn invalid_upload_is_rejected_with_row_errors() -> anyhow::Result<()> {
     let response = upload(&stack, "application/csv", csv).await?;
     assert_eq!(response.status_code, 400, "{}", response.body);
     let body = response.body_json();
-    assert_eq!(body["error_count"], 4, "{body}");
+    assert_eq!(body["error_count"], 5, "{body}");
     let located: Vec<(u64, String)> = body["errors"]
         .as_array()
         .unwrap()
@@ -149,6 +149,7 @@ async fn invalid_upload_is_rejected_with_row_errors() -> anyhow::Result<()> {
         vec![
             (1, "amount".into()),
             (2, "amount".into()),
+            (3, "transaction_id".into()),
             (3, "currency".into()),
             (3, "timestamp".into())
         ]
@@ -158,7 +159,7 @@ async fn invalid_upload_is_rejected_with_row_errors() -> anyhow::Result<()> {
         .await?
         .expect("status item");
     assert_eq!(status.status, "REJECTED");
-    assert_eq!((status.row_count, status.error_count), (Some(4), Some(4)));
+    assert_eq!((status.row_count, status.error_count), (Some(4), Some(5)));
     assert!(
         status.errors[0].contains("row 1, amount"),
         "{:?}",

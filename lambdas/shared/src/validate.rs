@@ -8,7 +8,7 @@ use csv::ByteRecord;
 use serde::Serialize;
 
 use crate::record::Transaction;
-use crate::schema::{Header, HeaderError};
+use crate::schema::{Column, Header, HeaderError};
 
 /// How many errors a report keeps (all are counted).
 pub const MAX_REPORTED_ERRORS: usize = 100;
@@ -100,30 +100,32 @@ impl Validator {
     pub fn check(&mut self, record: &ByteRecord) {
         self.row_count += 1;
         let row = self.row_count;
-        match Transaction::parse(&self.header, record) {
-            Ok(tx) => {
-                if let Some(first) = self.first_seen.get(&tx.transaction_id) {
-                    let message = format!(
-                        "duplicate transaction_id {:?} (first in row {first})",
-                        tx.transaction_id
-                    );
-                    self.push(RowError {
-                        row,
-                        column: Some("transaction_id"),
-                        message,
-                    });
-                } else {
-                    self.first_seen.insert(tx.transaction_id, row);
-                }
+        // Duplicates are checked on the raw id, so a row with other errors is still reported as one.
+        let id = self
+            .header
+            .get(record, Column::TransactionId)
+            .and_then(|raw| std::str::from_utf8(raw).ok())
+            .map(str::trim)
+            .filter(|id| !id.is_empty());
+        if let Some(id) = id {
+            if let Some(first) = self.first_seen.get(id) {
+                let message = format!("duplicate transaction_id {id:?} (first in row {first})");
+                self.push(RowError {
+                    row,
+                    column: Some("transaction_id"),
+                    message,
+                });
+            } else {
+                self.first_seen.insert(id.to_string(), row);
             }
-            Err(errors) => {
-                for e in errors {
-                    self.push(RowError {
-                        row,
-                        column: e.column.map(|c| c.name()),
-                        message: e.message,
-                    });
-                }
+        }
+        if let Err(errors) = Transaction::parse(&self.header, record) {
+            for e in errors {
+                self.push(RowError {
+                    row,
+                    column: e.column.map(|c| c.name()),
+                    message: e.message,
+                });
             }
         }
     }
@@ -291,6 +293,22 @@ mod tests {
             vec![
                 (1, Some("amount")),
                 (2, Some("transaction_id")),
+                (2, Some("amount"))
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_reported_even_when_the_row_has_other_errors() {
+        let r = validate(&format!(
+            "{HEADER}t1,a1,1,USD,2024-01-01T00:00:00Z\nt1,,1.5,JPY,2024-01-01T00:00:00Z\n"
+        ));
+        let got: Vec<(u64, Option<&str>)> = r.errors.iter().map(|e| (e.row, e.column)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, Some("transaction_id")),
+                (2, Some("account_id")),
                 (2, Some("amount"))
             ]
         );
