@@ -49,3 +49,6 @@ def _patch():
 
 
 _patch()
+
+# CloudWatch over Smithy RPC v2 CBOR (the Rust SDK's protocol; moto 5.2 speaks only Query): see cloudwatch_cbor.py.
+__import__("cloudwatch_cbor").install()
