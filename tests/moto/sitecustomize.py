@@ -57,3 +57,6 @@ try:
     lambda_config.patch()
 except Exception:  # never keep moto from starting
     pass
+
+# CloudWatch over Smithy RPC v2 CBOR (the Rust SDK's protocol; moto 5.2 speaks only Query): see cloudwatch_cbor.py.
+__import__("cloudwatch_cbor").install()
