@@ -30,7 +30,12 @@ fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
 }
 
-async fn put(client: &Client, name: &str, threshold: f64, tags: Option<Vec<Tag>>) -> anyhow::Result<()> {
+async fn put(
+    client: &Client,
+    name: &str,
+    threshold: f64,
+    tags: Option<Vec<Tag>>,
+) -> anyhow::Result<()> {
     client
         .put_metric_alarm()
         .alarm_name(name)
@@ -62,7 +67,11 @@ async fn describe(client: &Client, name: &str) -> anyhow::Result<Vec<MetricAlarm
 }
 
 async fn tags(client: &Client, arn: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let out = client.list_tags_for_resource().resource_arn(arn).send().await?;
+    let out = client
+        .list_tags_for_resource()
+        .resource_arn(arn)
+        .send()
+        .await?;
     Ok(out
         .tags()
         .iter()
@@ -76,7 +85,10 @@ async fn tags(client: &Client, arn: &str) -> anyhow::Result<BTreeMap<String, Str
 }
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[tokio::test]
@@ -85,7 +97,13 @@ async fn alarm_lifecycle_over_rpc_v2_cbor() -> anyhow::Result<()> {
     let name = "tap-dev1-csv-validator-errors";
     let alarm_arn = arn(&emu, name);
 
-    put(&client, name, 1.0, Some(vec![tag("team", "payments"), tag("env", "dev1")])).await?;
+    put(
+        &client,
+        name,
+        1.0,
+        Some(vec![tag("team", "payments"), tag("env", "dev1")]),
+    )
+    .await?;
 
     let alarms = describe(&client, name).await?;
     assert_eq!(alarms.len(), 1, "{alarms:?}");
@@ -111,8 +129,14 @@ async fn alarm_lifecycle_over_rpc_v2_cbor() -> anyhow::Result<()> {
         Some(&ComparisonOperator::GreaterThanOrEqualToThreshold)
     );
     assert_eq!(a.treat_missing_data(), Some("notBreaching"));
-    assert_eq!(a.alarm_actions(), &["arn:aws:sns:us-east-1:123456789012:alerts".to_string()]);
-    assert_eq!(a.ok_actions(), &["arn:aws:sns:us-east-1:123456789012:ok".to_string()]);
+    assert_eq!(
+        a.alarm_actions(),
+        &["arn:aws:sns:us-east-1:123456789012:alerts".to_string()]
+    );
+    assert_eq!(
+        a.ok_actions(),
+        &["arn:aws:sns:us-east-1:123456789012:ok".to_string()]
+    );
     assert_eq!(
         a.insufficient_data_actions(),
         &["arn:aws:sns:us-east-1:123456789012:unknown".to_string()]
@@ -123,12 +147,18 @@ async fn alarm_lifecycle_over_rpc_v2_cbor() -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
-    for ts in [a.alarm_configuration_updated_timestamp(), a.state_updated_timestamp()] {
+    for ts in [
+        a.alarm_configuration_updated_timestamp(),
+        a.state_updated_timestamp(),
+    ] {
         let secs = ts.expect("timestamp").secs();
         assert!((now - secs).abs() < 300, "timestamp {secs} vs now {now}");
     }
 
-    assert_eq!(tags(&client, &alarm_arn).await?, map(&[("env", "dev1"), ("team", "payments")]));
+    assert_eq!(
+        tags(&client, &alarm_arn).await?,
+        map(&[("env", "dev1"), ("team", "payments")])
+    );
     client
         .tag_resource()
         .resource_arn(&alarm_arn)
