@@ -428,35 +428,12 @@ fn role_policies_round_trip_despite_iam_reordering_and_url_encoding() {
 
 #[tokio::test]
 async fn alarm_create_observe_drift_update_delete() -> anyhow::Result<()> {
-    let (emu, aws, stack) = start().await?;
+    let (_emulator, aws, stack) = start().await?;
     let deps = BTreeMap::new();
     let ctx = Ctx {
         aws: &aws,
         deps: &deps,
     };
-    if emu.kind == EmulatorKind::Moto {
-        // Gap (not in the emulator notes, which were measured with boto3): the Rust CloudWatch SDK only
-        // speaks smithy-rpc-v2-cbor (`POST /service/GraniteServiceVersion20100801/operation/…`), and moto
-        // 5.2.5 serves CloudWatch on the Query protocol only: every call answers 404. Nothing of the alarm
-        // driver can run on moto; what can be checked is that the failure is reported with its call and
-        // resource instead of being mistaken for "no such alarm". (ministack speaks CBOR when `cbor2` is
-        // installed in its environment: the full cycle below runs there.)
-        let (name, desired, _) = stack
-            .resources
-            .iter()
-            .find_map(|r| match &r.spec {
-                ResourceSpec::Alarm(spec) => Some((r.name(), spec, &r.tags)),
-                _ => None,
-            })
-            .expect("an alarm");
-        let err = Alarms
-            .observe(&ctx, name, desired)
-            .await
-            .expect_err("moto cannot answer the CBOR protocol");
-        assert_eq!(err.call, "cloudwatch:DescribeAlarms");
-        assert!(err.resource.contains(name), "{}", err.resource);
-        return Ok(());
-    }
     let alarms: Vec<(&str, &AlarmSpec, &Tags)> = stack
         .resources
         .iter()
