@@ -266,7 +266,7 @@ pub async fn apply(args: &ManifestArgs) -> anyhow::Result<i32> {
                 if phase == Phase::WaitingForImages {
                     for r in &report.resources {
                         if let Action::Wait(m) = &r.action {
-                            if m.contains("push image") {
+                            if m.starts_with("push image") {
                                 writeln!(stdout, "waiting: {m}")?;
                             }
                         }
