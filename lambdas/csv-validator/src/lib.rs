@@ -18,7 +18,16 @@ use tap_lambda_shared::{
 };
 
 /// Content types accepted for uploads (parameters such as `charset` aside).
-pub const ACCEPTED_CONTENT_TYPES: [&str; 3] = ["text/csv", "application/csv", "text/plain"];
+pub const ACCEPTED_CONTENT_TYPES: [&str; 4] = [
+    "text/csv",
+    "application/csv",
+    "text/plain",
+    "application/json",
+];
+
+/// `application/json` uploads carry the CSV in an envelope `{"csv": "..."}` (the API's `UploadEnvelope`
+/// model, which API Gateway validates before the function is invoked).
+pub const JSON_ENVELOPE_FIELD: &str = "csv";
 /// Errors stored on a REJECTED status item.
 const STATUS_ERRORS: usize = 10;
 
@@ -257,6 +266,18 @@ pub fn upload_body(
             400,
             format!("the body is not valid UTF-8 (first invalid byte at offset {}): the CSV must be UTF-8", e.valid_up_to()),
         ));
+    }
+    if media_type == "application/json" {
+        let envelope: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiResponse::client_error(400, format!("the JSON body is not valid JSON: {e}"))
+        })?;
+        return match envelope.get(JSON_ENVELOPE_FIELD).and_then(serde_json::Value::as_str) {
+            Some(csv) if !csv.is_empty() => Ok(csv.as_bytes().to_vec()),
+            _ => Err(ApiResponse::client_error(
+                400,
+                format!("a JSON upload must be an object with a non-empty string field {JSON_ENVELOPE_FIELD:?} holding the CSV"),
+            )),
+        };
     }
     Ok(bytes)
 }
@@ -521,6 +542,28 @@ pub async fn handle_task(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_json_envelope_carries_the_csv() {
+        let csv = "transaction_id,account_id,amount,currency,timestamp\nt1,a1,1.00,USD,2026-01-01T00:00:00Z\n";
+        let body = serde_json::json!({ "csv": csv }).to_string();
+        let bytes = upload_body(
+            &request(Some("application/json"), Some(&body), false),
+            10_000,
+        )
+        .unwrap();
+        assert_eq!(bytes, csv.as_bytes());
+        let wrong = upload_body(
+            &request(Some("application/json"), Some(r#"{"data": "x"}"#), false),
+            10_000,
+        );
+        assert_eq!(status_of(wrong), 400);
+        let broken = upload_body(
+            &request(Some("application/json"), Some("{not json"), false),
+            10_000,
+        );
+        assert_eq!(status_of(broken), 400);
+    }
+
     fn request(content_type: Option<&str>, body: Option<&str>, base64: bool) -> ApiRequest {
         ApiRequest {
             http_method: Some("POST".into()),
@@ -569,10 +612,18 @@ mod tests {
         );
         assert_eq!(
             status_of(upload_body(
-                &request(Some("application/json"), Some(csv), false),
+                &request(Some("application/xml"), Some(csv), false),
                 1000
             )),
             415
+        );
+        // A raw CSV sent as JSON is not the JSON envelope.
+        assert_eq!(
+            status_of(upload_body(
+                &request(Some("application/json"), Some(csv), false),
+                1000
+            )),
+            400
         );
         assert_eq!(
             status_of(upload_body(
