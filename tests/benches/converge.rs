@@ -1,6 +1,8 @@
 //! Benchmark: converge 1 and 20 pipelines against moto with the graph executor (concurrency 8) and
-//! sequentially (concurrency 1); then, on a converged stack, one resync and one drift correction.
-//! Prints markdown tables. Run: `cargo bench -p tap-tests --bench converge`.
+//! sequentially (concurrency 1), once directly and once through the microburst proxy adding 40 ms to
+//! every call (moto answers in ~3 ms and serialises requests; AWS APIs answer in tens of ms, and that
+//! latency is what the graph executor overlaps). Then, on a converged stack, one resync and one drift
+//! correction. Prints markdown tables. Run: `cargo bench -p tap-tests --bench converge`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -63,6 +65,7 @@ async fn converge_one(engine: &Engine, aws: &Aws, suffix: &str) -> (Duration, Re
 }
 
 struct Row {
+    latency_ms: u64,
     pipelines: usize,
     concurrency: usize,
     wall: Duration,
@@ -71,9 +74,75 @@ struct Row {
     moto_rss: f64,
 }
 
-async fn scenario(pipelines: usize, concurrency: usize) -> Row {
+/// microburst in front of the emulator, adding `latency_ms` to every call; killed on drop.
+struct LatencyProxy {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl LatencyProxy {
+    async fn start(upstream: &str, latency_ms: u64) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = std::env::temp_dir().join(format!("tap-bench-latency-{port}.yml"));
+        std::fs::write(&config, format!("rules:\n  - latency: {latency_ms}\n")).unwrap();
+        let child = std::process::Command::new("microburst")
+            .args([
+                "--upstream",
+                upstream,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--config",
+            ])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("microburst is installed (scripts/setup.sh)");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        LatencyProxy {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for LatencyProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn scenario(pipelines: usize, concurrency: usize, latency_ms: u64) -> Row {
     let emulator = Emulator::start().await.expect("emulator");
-    let engine = Engine::new(emulator.sdk_config(), concurrency, BTreeMap::new());
+    let proxy = if latency_ms > 0 {
+        Some(LatencyProxy::start(&emulator.endpoint, latency_ms).await)
+    } else {
+        None
+    };
+    let sdk = match &proxy {
+        Some(p) => emulator
+            .sdk_config()
+            .to_builder()
+            .endpoint_url(&p.endpoint)
+            .build(),
+        None => emulator.sdk_config(),
+    };
+    let engine = Engine::new(sdk, concurrency, BTreeMap::new());
     let aws = engine.aws(None).await.expect("sts");
     aws.calls.reset();
     let started = Instant::now();
@@ -84,7 +153,9 @@ async fn scenario(pipelines: usize, concurrency: usize) -> Row {
     } else {
         started.elapsed()
     };
+    drop(proxy);
     Row {
+        latency_ms,
         pipelines,
         concurrency,
         wall,
@@ -97,9 +168,11 @@ async fn scenario(pipelines: usize, concurrency: usize) -> Row {
 #[tokio::main]
 async fn main() {
     let mut rows = Vec::new();
-    for pipelines in [1, 20] {
-        for concurrency in [8, 1] {
-            rows.push(scenario(pipelines, concurrency).await);
+    for latency_ms in [0, 40] {
+        for pipelines in [1, 20] {
+            for concurrency in [8, 1] {
+                rows.push(scenario(pipelines, concurrency, latency_ms).await);
+            }
         }
     }
     println!(
@@ -108,8 +181,8 @@ async fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    println!("| pipelines | executor | wall time | AWS calls | writes | reads | peak RSS engine (MiB) | peak RSS moto (MiB) |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("| added latency per call | pipelines | executor | wall time | AWS calls | writes | reads | peak RSS engine (MiB) | peak RSS moto (MiB) |");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let total: u64 = r.calls.values().sum();
         let writes: u64 = r
@@ -124,7 +197,8 @@ async fn main() {
             format!("graph (concurrency {})", r.concurrency)
         };
         println!(
-            "| {} | {executor} | {:.2} s | {total} | {writes} | {} | {:.1} | {:.1} |",
+            "| {} ms | {} | {executor} | {:.2} s | {total} | {writes} | {} | {:.1} | {:.1} |",
+            r.latency_ms,
             r.pipelines,
             r.wall.as_secs_f64(),
             total - writes,
