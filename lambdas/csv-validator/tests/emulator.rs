@@ -185,7 +185,9 @@ async fn invalid_upload_is_rejected_with_row_errors() -> anyhow::Result<()> {
 async fn bad_requests_are_4xx_and_store_nothing() -> anyhow::Result<()> {
     let stack = stack().await?;
     let cases = [
-        (upload_event("application/json", GOOD), 415),
+        (upload_event("application/xml", GOOD), 415),
+        // JSON uploads must be the {"csv": ...} envelope.
+        (upload_event("application/json", GOOD), 400),
         (upload_event("text/csv", ""), 400),
         (upload_event("text/csv", &GOOD.repeat(1000)), 413),
         (
