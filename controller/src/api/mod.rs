@@ -155,7 +155,7 @@ pub struct ImageRef {
     pub uri: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct StateMachineSettings {
     /// Retry policy of every task state.
@@ -164,15 +164,6 @@ pub struct StateMachineSettings {
     /// Execution logging level.
     #[serde(default)]
     pub log_level: LogLevel,
-}
-
-impl Default for StateMachineSettings {
-    fn default() -> Self {
-        Self {
-            retry: RetrySettings::default(),
-            log_level: LogLevel::default(),
-        }
-    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -75,6 +75,8 @@ impl fmt::Display for ResourceId {
     }
 }
 
+// Built once per reconcile, a few dozen at a time: boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum ResourceSpec {
     Bucket(BucketSpec),

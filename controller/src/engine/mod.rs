@@ -47,7 +47,7 @@ pub struct Engine {
     /// Tags added to every resource (the controller's `--extra-tags`).
     pub extra_tags: Tags,
     clients: tokio::sync::Mutex<HashMap<String, Aws>>,
-    observer: Option<Arc<dyn Fn(&str, &str) + Send + Sync>>,
+    observer: Option<crate::aws::Observer>,
 }
 
 /// Who owns the stack and what it should be.

@@ -182,9 +182,7 @@ impl Report {
 
     pub fn phase(&self, deleting: bool) -> Phase {
         if deleting {
-            return if self.converged() {
-                Phase::Deleting
-            } else if self.failures().is_empty() {
+            return if self.converged() || self.failures().is_empty() {
                 Phase::Deleting
             } else {
                 Phase::Failed

@@ -145,7 +145,10 @@ where
         concurrency,
         |dependent| {
             !dependent.is_done()
-                && !(matches!(dependent.action, Action::Delete) && !dependent.applied)
+                && !matches!(
+                    (&dependent.action, dependent.applied),
+                    (Action::Delete, false)
+                )
         },
         |i, _| delete(stack.resources[i].clone()),
     )
