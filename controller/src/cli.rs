@@ -136,7 +136,36 @@ pub fn load_manifest(path: &Path) -> anyhow::Result<TransactionPipeline> {
 }
 
 pub fn crd_yaml() -> String {
-    serde_yaml::to_string(&TransactionPipeline::crd()).expect("the CRD serializes to YAML")
+    let yaml =
+        serde_yaml::to_string(&TransactionPipeline::crd()).expect("the CRD serializes to YAML");
+    quote_yaml11_booleans(&yaml)
+}
+
+/// serde_yaml writes YAML 1.2, where `OFF` is a string; kubectl and the API server read YAML 1.1, where an
+/// unquoted `OFF`, `ON`, `YES`, `NO`, `Y` or `N` is a boolean (the `logLevel` enum has `OFF`). Quote them.
+fn quote_yaml11_booleans(yaml: &str) -> String {
+    const YAML11_BOOLEANS: &[&str] = &["y", "yes", "n", "no", "on", "off"];
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.lines() {
+        let value_start = if let Some(rest) = line.trim_start().strip_prefix("- ") {
+            line.len() - rest.len()
+        } else if let Some(i) = line.find(": ") {
+            i + 2
+        } else {
+            line.len()
+        };
+        let value = &line[value_start..];
+        if YAML11_BOOLEANS.contains(&value.to_ascii_lowercase().as_str()) {
+            out.push_str(&line[..value_start]);
+            out.push('\'');
+            out.push_str(value);
+            out.push('\'');
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Exit codes of `plan`, like `terraform plan -detailed-exitcode`.

@@ -89,3 +89,21 @@ fn api_contract_names_and_printer_columns() {
     let required: Vec<&str> = required.iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(required, ["environmentSuffix", "functions"]);
 }
+
+#[test]
+fn enum_values_stay_strings_for_yaml_1_1_readers() {
+    // kubectl reads YAML 1.1, where an unquoted OFF is the boolean false.
+    let yaml = crd_yaml();
+    assert!(
+        yaml.contains("- 'OFF'"),
+        "the logLevel enum's OFF must be quoted"
+    );
+    assert!(!yaml.lines().any(|l| l.trim() == "- OFF"));
+    let crd: Value = serde_yaml::from_str(&yaml).unwrap();
+    let level = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["stateMachine"]["properties"]["logLevel"];
+    assert_eq!(
+        level["enum"],
+        serde_json::json!(["ALL", "ERROR", "FATAL", "OFF"])
+    );
+}

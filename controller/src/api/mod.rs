@@ -161,7 +161,7 @@ pub struct StateMachineSettings {
     /// Retry policy of every task state.
     #[serde(default)]
     pub retry: RetrySettings,
-    /// Execution logging level.
+    /// Execution logging level. Quote `'OFF'` in YAML: kubectl reads an unquoted OFF as the boolean false.
     #[serde(default)]
     pub log_level: LogLevel,
 }
