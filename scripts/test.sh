@@ -10,4 +10,4 @@ echo "== cargo test (moto)"
 cargo test --workspace "$@"
 
 echo "== integration tests against ministack"
-TAP_TEST_EMULATOR=ministack cargo test -p tap-tests --test stack --test drivers_storage --test drivers_iam --test drivers_compute "$@"
+TAP_TEST_EMULATOR=ministack cargo test -p tap-tests --test stack --test drivers "$@"

@@ -189,7 +189,7 @@ fn symbol(action: &Action, applied: bool) -> &'static str {
         (Action::Update(_), _) | (Action::Hold(_), _) => "~",
         (Action::Delete, _) | (Action::AlreadyGone, _) => "-",
         (Action::Wait(_), _) => "…",
-        (Action::Conflict(_), _) | (Action::Fail { .. }, _) => "!",
+        (Action::Conflict(_), _) | (Action::Fail(_), _) => "!",
         (Action::Retain, _) => "=",
     }
 }
@@ -292,14 +292,8 @@ pub async fn apply(args: &ManifestArgs) -> anyhow::Result<i32> {
             } else {
                 print_outputs(&mut stdout, &report)?;
                 writeln!(stdout, "phase: {}", phase.as_str())?;
-                if phase == Phase::WaitingForImages {
-                    for r in &report.resources {
-                        if let Action::Wait(m) = &r.action {
-                            if m.starts_with("push image") {
-                                writeln!(stdout, "waiting: {m}")?;
-                            }
-                        }
-                    }
+                for image in report.images_to_push() {
+                    writeln!(stdout, "waiting: {image}")?;
                 }
             }
             return Ok(match phase {
@@ -339,7 +333,7 @@ pub async fn plan(args: &ManifestArgs) -> anyhow::Result<i32> {
                     Action::Update(d) | Action::Hold(d) => ("update", d.clone()),
                     Action::Delete => ("delete", vec![]),
                     Action::Conflict(_) => ("conflict", vec![]),
-                    Action::Fail { .. } => ("error", vec![]),
+                    Action::Fail(_) => ("error", vec![]),
                     Action::Wait(_) => ("wait", vec![]),
                     Action::AlreadyGone | Action::Retain => ("none", vec![]),
                 };

@@ -66,7 +66,7 @@ async fn plan_apply_drift_and_destroy_with_exit_codes() {
     let (code, out, err) = run(&emu, &["plan", "-f", file]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(
-        out.contains("plan: 26 to create, 0 to update, 0 unchanged"),
+        out.contains("plan: 30 to create, 0 to update, 0 unchanged"),
         "{out}"
     );
     let (code, json, _) = run(&emu, &["plan", "-f", file, "--output", "json"]);
@@ -98,7 +98,7 @@ async fn plan_apply_drift_and_destroy_with_exit_codes() {
     let (code, out, err) = run(&emu, &["plan", "-f", file]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("0 to create, 0 to update, 26 unchanged"),
+        out.contains("0 to create, 0 to update, 30 unchanged"),
         "{out}"
     );
 
@@ -127,15 +127,15 @@ async fn plan_apply_drift_and_destroy_with_exit_codes() {
     assert_eq!(code, 0, "{err}");
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(status["phase"], "Ready");
-    assert_eq!(status["resources"].as_array().unwrap().len(), 26);
+    assert_eq!(status["resources"].as_array().unwrap().len(), 30);
 
     // destroy: everything goes; a plan afterwards wants to create it all again.
     let (code, out, err) = run(&emu, &["destroy", "-f", file]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("destroy: 26 of 26 resources gone"), "{out}");
+    assert!(out.contains("destroy: 30 of 30 resources gone"), "{out}");
     let (code, out, _) = run(&emu, &["plan", "-f", file]);
     assert_eq!(code, 2);
-    assert!(out.contains("26 to create"), "{out}");
+    assert!(out.contains("30 to create"), "{out}");
 }
 
 #[tokio::test]

@@ -269,7 +269,7 @@ async fn main() {
         .unwrap();
     let to_correction = changed.elapsed();
     assert!(fix.drift.iter().any(|d| d.field == "memoryMb"));
-    println!("\n## Resync of a converged stack (moto, 26 resources)\n");
+    println!("\n## Resync of a converged stack (moto, 30 resources)\n");
     println!("| measure | value |");
     println!("|---|---:|");
     println!("| resync time, median of 5 | {:.1} ms |", times[2]);

@@ -36,20 +36,17 @@ def _error_shapes():
     """Query error code -> (shape name, HTTP status, sender fault), from botocore's CloudWatch model."""
     global _ERROR_SHAPES
     if _ERROR_SHAPES is None:
-        shapes = {}
-        try:
-            import botocore.session
+        import botocore.session
 
-            model = botocore.session.get_session().get_service_model("cloudwatch")
-            for shape in model.error_shapes:
-                meta = shape.metadata.get("error", {})
-                code = meta.get("code", shape.name)
-                entry = (shape.name, meta.get("httpStatusCode", 400), meta.get("senderFault", False))
-                # Several shapes can share a code (ResourceNotFound): the one named like the code wins.
-                if code not in shapes or shape.name == code:
-                    shapes[code] = entry
-        except Exception:
-            pass
+        shapes = {}
+        model = botocore.session.get_session().get_service_model("cloudwatch")
+        for shape in model.error_shapes:
+            meta = shape.metadata.get("error", {})
+            code = meta.get("code", shape.name)
+            entry = (shape.name, meta.get("httpStatusCode", 400), meta.get("senderFault", False))
+            # Several shapes can share a code (ResourceNotFound): the one named like the code wins.
+            if code not in shapes or shape.name == code:
+                shapes[code] = entry
         _ERROR_SHAPES = shapes
     return _ERROR_SHAPES
 
@@ -426,10 +423,11 @@ def is_cbor_request(environ):
 
 def install():
     """Routes CloudWatch RPC v2 CBOR requests of moto's server to `handle`; everything else is unchanged."""
-    try:
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication
-    except Exception:  # not moto, or another layout: leave it alone
-        return
+    from supported import require
+
+    require("cloudwatch_cbor")
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
     if getattr(DomainDispatcherApplication, "_cloudwatch_cbor", False):
         return
     original = DomainDispatcherApplication.__call__

@@ -3,11 +3,12 @@ and ignores DeadLetterConfig and TracingConfig in UpdateFunctionConfiguration. A
 both. This keeps them, so a converged stack reads back as converged; nothing else changes."""
 
 
-def patch():
-    try:
-        from moto.awslambda.models import LambdaFunction
-    except Exception:  # another moto layout: leave it alone
-        return
+from supported import require
+
+
+def install():
+    require("lambda_config")
+    from moto.awslambda.models import LambdaFunction
 
     original_init = LambdaFunction.__init__
     original_update = LambdaFunction.update_configuration

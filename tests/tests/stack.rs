@@ -189,12 +189,13 @@ async fn waits_for_images_then_converges_reads_back_and_tears_down() {
         "the call counter sees every operation: {:?}",
         first.calls
     );
-    let Action::Wait(message) = action(&first, Kind::Function, "tap-dev1-csv-validator") else {
+    let Action::Wait(wait) = action(&first, Kind::Function, "tap-dev1-csv-validator") else {
         panic!(
             "csv-validator should wait for its image: {:?}",
             action(&first, Kind::Function, "tap-dev1-csv-validator")
         );
     };
+    let message = wait.to_string();
     assert!(
         message.contains("tap-dev1-csv-validator") && message.contains("v1"),
         "{message}"

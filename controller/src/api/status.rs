@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -161,4 +161,150 @@ pub struct StackOutputs {
     /// ECR repository URI by function.
     #[serde(default)]
     pub repository_uris: BTreeMap<String, String>,
+}
+
+/// The condition types a pipeline's status carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionType {
+    /// The stack exists and matches the spec.
+    Ready,
+    /// A managed field differs from the spec (corrected, reported, or uncorrectable).
+    Drifted,
+    /// An AWS error or an ownership conflict stands in the way.
+    Degraded,
+    /// Another, older pipeline uses the same `environmentSuffix`.
+    Conflict,
+}
+
+impl ConditionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Drifted => "Drifted",
+            ConditionType::Degraded => "Degraded",
+            ConditionType::Conflict => "Conflict",
+        }
+    }
+}
+
+/// A condition's status, as Kubernetes spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(value: bool) -> Self {
+        if value {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        }
+    }
+}
+
+/// Sets (or replaces) condition `type_` in `conditions`, keeping its transition time when its status did
+/// not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: ConditionType,
+    status: impl Into<ConditionStatus>,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
+    let status = status.into().as_str();
+    let last_transition_time = conditions
+        .iter()
+        .find(|c| c.type_ == type_.as_str() && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    let condition = Condition {
+        type_: type_.as_str().into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == type_.as_str()) {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
+    }
+}
+
+impl TransactionPipelineStatus {
+    pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_.as_str())
+    }
+
+    /// Whether condition `type_` is present with status True.
+    pub fn is_true(&self, type_: ConditionType) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "True")
+    }
+
+    pub fn set_condition(
+        &mut self,
+        type_: ConditionType,
+        status: impl Into<ConditionStatus>,
+        reason: &str,
+        message: &str,
+    ) {
+        set_condition(
+            &mut self.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            self.observed_generation,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let mut status = TransactionPipelineStatus {
+            observed_generation: Some(2),
+            ..Default::default()
+        };
+        status.set_condition(ConditionType::Ready, false, "Provisioning", "creating");
+        let first = status.condition(ConditionType::Ready).unwrap().clone();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        status.set_condition(
+            ConditionType::Ready,
+            false,
+            "Provisioning",
+            "still creating",
+        );
+        let same = status.condition(ConditionType::Ready).unwrap().clone();
+        assert_eq!(same.last_transition_time, first.last_transition_time);
+        assert_eq!(same.message, "still creating");
+        assert_eq!(same.observed_generation, Some(2));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        status.set_condition(ConditionType::Ready, true, "Ready", "all match");
+        let flipped = status.condition(ConditionType::Ready).unwrap();
+        assert_ne!(flipped.last_transition_time, first.last_transition_time);
+        assert!(status.is_true(ConditionType::Ready));
+        assert_eq!(
+            status.conditions.len(),
+            1,
+            "replaced in place, not appended"
+        );
+    }
 }

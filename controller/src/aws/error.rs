@@ -1,6 +1,8 @@
 //! One error type for every AWS call a driver makes: which resource, which call, what AWS said, and
 //! whether retrying can help.
 
+use std::fmt;
+
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
@@ -12,12 +14,9 @@ pub enum ErrorClass {
     NotFound,
     /// Validation, access denied, limits: retrying the same request will not help.
     Terminal,
-    /// Something the resource needs is not there yet (an image not pushed): not an error of AWS, the
-    /// pipeline waits and the message says what to do.
-    Waiting,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{call} on {resource}: {message}")]
 pub struct AwsError {
     /// The resource the call was about, e.g. `Function tap-dev1-csv-validator`.
@@ -39,47 +38,43 @@ impl AwsError {
         self.class == ErrorClass::Transient
     }
 
-    /// An error the engine raises itself about a resource (no AWS error behind it).
-    pub fn terminal(
-        resource: impl Into<String>,
-        call: impl Into<String>,
+    /// A role that is not assumable yet (see [`role_not_assumable_yet`]).
+    pub fn is_role_propagation(&self) -> bool {
+        self.code
+            .as_deref()
+            .is_some_and(|code| role_not_assumable_yet(code, &self.message))
+    }
+
+    fn raised(
+        resource: impl fmt::Display,
+        call: impl fmt::Display,
         message: impl Into<String>,
+        class: ErrorClass,
     ) -> Self {
         Self {
-            resource: resource.into(),
-            call: call.into(),
+            resource: resource.to_string(),
+            call: call.to_string(),
             code: None,
             message: message.into(),
-            class: ErrorClass::Terminal,
+            class,
         }
     }
 
-    pub fn waiting(
-        resource: impl Into<String>,
-        call: impl Into<String>,
+    /// An error the engine raises itself about a resource (no AWS error behind it).
+    pub fn terminal(
+        resource: impl fmt::Display,
+        call: impl fmt::Display,
         message: impl Into<String>,
     ) -> Self {
-        Self {
-            resource: resource.into(),
-            call: call.into(),
-            code: None,
-            message: message.into(),
-            class: ErrorClass::Waiting,
-        }
+        Self::raised(resource, call, message, ErrorClass::Terminal)
     }
 
     pub fn transient(
-        resource: impl Into<String>,
-        call: impl Into<String>,
+        resource: impl fmt::Display,
+        call: impl fmt::Display,
         message: impl Into<String>,
     ) -> Self {
-        Self {
-            resource: resource.into(),
-            call: call.into(),
-            code: None,
-            message: message.into(),
-            class: ErrorClass::Transient,
-        }
+        Self::raised(resource, call, message, ErrorClass::Transient)
     }
 }
 
@@ -126,20 +121,33 @@ const TRANSIENT_CODES: &[&str] = &[
     "ConcurrentModificationException",
     "ConflictException",
     "OperationAbortedException",
+    // DynamoDB: point-in-time recovery is still being enabled on a new table ("Please retry later").
+    "ContinuousBackupsUnavailableException",
 ];
+
+/// Whether an error says a role cannot be assumed (yet): IAM is eventually consistent, and a role created
+/// or changed a moment ago may not be assumable by Lambda ("The role defined for the function cannot be
+/// assumed by Lambda.") or Step Functions ("Neither the global service principal states.amazonaws.com, nor
+/// the regional one is authorized to assume the provided role.") for several seconds.
+pub fn role_not_assumable_yet(code: &str, message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    matches!(
+        code,
+        "AccessDeniedException" | "InvalidArn" | "InvalidParameterValueException"
+    ) && (message.contains("not authorized to assume")
+        || message.contains("authorized to assume the provided role")
+        || message.contains("cannot be assumed")
+        || message.contains("sts:assumerole"))
+}
 
 /// Classifies an AWS error code and message.
 pub fn classify(code: Option<&str>, message: &str, status: Option<u16>) -> ErrorClass {
     match code {
         Some(code) if NOT_FOUND_CODES.contains(&code) => ErrorClass::NotFound,
         Some(code) if TRANSIENT_CODES.contains(&code) => ErrorClass::Transient,
-        // IAM is eventually consistent: a role created a moment ago is not yet assumable.
-        Some("InvalidParameterValueException" | "AccessDeniedException" | "InvalidArn")
-            if message.contains("cannot be assumed")
-                || message.contains("not authorized to perform: sts:AssumeRole") =>
-        {
-            ErrorClass::Transient
-        }
+        Some(code) if role_not_assumable_yet(code, message) => ErrorClass::Transient,
+        // A REST API answering 404 without a modelled error (moto's DeleteRestApi on a missing API).
+        None if status == Some(404) => ErrorClass::NotFound,
         _ if status.is_some_and(|s| s == 429 || s >= 500) => ErrorClass::Transient,
         _ => ErrorClass::Terminal,
     }
@@ -147,7 +155,22 @@ pub fn classify(code: Option<&str>, message: &str, status: Option<u16>) -> Error
 
 /// Adds the resource and call to an SDK error.
 pub trait ResultExt<T> {
-    fn context(self, resource: impl Into<String>, call: &str) -> Result<T, AwsError>;
+    fn context(self, resource: impl fmt::Display, call: &str) -> Result<T, AwsError>;
+}
+
+/// Not-found as a value: `Ok(None)` when the resource does not exist (reads), and success on deletes.
+pub trait Optional<T> {
+    fn optional(self) -> Result<Option<T>, AwsError>;
+}
+
+impl<T> Optional<T> for Result<T, AwsError> {
+    fn optional(self) -> Result<Option<T>, AwsError> {
+        match self {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl<T, E, R> ResultExt<T> for Result<T, SdkError<E, R>>
@@ -155,7 +178,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + HttpStatus,
 {
-    fn context(self, resource: impl Into<String>, call: &str) -> Result<T, AwsError> {
+    fn context(self, resource: impl fmt::Display, call: &str) -> Result<T, AwsError> {
         self.map_err(|err| {
             let status = err.raw_response().map(|r| r.status_code());
             let (code, message, class) = match &err {
@@ -189,7 +212,7 @@ where
                 ),
             };
             AwsError {
-                resource: resource.into(),
+                resource: resource.to_string(),
                 call: call.to_string(),
                 code,
                 message,
@@ -237,5 +260,25 @@ mod tests {
             ),
             ErrorClass::Transient
         );
+    }
+
+    #[test]
+    fn recognises_a_role_not_yet_assumable() {
+        assert!(role_not_assumable_yet(
+            "AccessDeniedException",
+            "Neither the global service principal states.amazonaws.com, nor the regional one is authorized to assume the provided role."
+        ));
+        assert!(role_not_assumable_yet(
+            "AccessDeniedException",
+            "states.amazonaws.com is not authorized to assume role x"
+        ));
+        assert!(!role_not_assumable_yet(
+            "AccessDeniedException",
+            "User is not authorized to perform: states:CreateStateMachine"
+        ));
+        assert!(!role_not_assumable_yet(
+            "InvalidDefinition",
+            "Invalid State Machine Definition"
+        ));
     }
 }

@@ -4,7 +4,7 @@ mod calls;
 mod error;
 
 pub use calls::{is_read, CallCounter, CallKey, Observer};
-pub use error::{AwsError, ErrorClass, ResultExt};
+pub use error::{AwsError, ErrorClass, Optional, ResultExt};
 
 use aws_config::SdkConfig;
 

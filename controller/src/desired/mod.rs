@@ -31,13 +31,40 @@ pub enum Kind {
     Topic,
     Role,
     Function,
+    Permission,
     StateMachine,
     RestApi,
+    Stage,
+    ApiKey,
     UsagePlan,
     Alarm,
 }
 
 impl Kind {
+    pub const ALL: [Kind; 15] = [
+        Kind::Bucket,
+        Kind::Table,
+        Kind::Repository,
+        Kind::LogGroup,
+        Kind::Queue,
+        Kind::Topic,
+        Kind::Role,
+        Kind::Function,
+        Kind::Permission,
+        Kind::StateMachine,
+        Kind::RestApi,
+        Kind::Stage,
+        Kind::ApiKey,
+        Kind::UsagePlan,
+        Kind::Alarm,
+    ];
+
+    /// Whether resources of this kind carry tags of their own (a permission is a policy statement inside
+    /// its function, owned through it).
+    pub fn is_tagged(self) -> bool {
+        self != Kind::Permission
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Bucket => "Bucket",
@@ -48,8 +75,11 @@ impl Kind {
             Kind::Topic => "Topic",
             Kind::Role => "Role",
             Kind::Function => "Function",
+            Kind::Permission => "Permission",
             Kind::StateMachine => "StateMachine",
             Kind::RestApi => "RestApi",
+            Kind::Stage => "Stage",
+            Kind::ApiKey => "ApiKey",
             Kind::UsagePlan => "UsagePlan",
             Kind::Alarm => "Alarm",
         }
@@ -67,6 +97,15 @@ impl fmt::Display for Kind {
 pub struct ResourceId {
     pub kind: Kind,
     pub name: String,
+}
+
+impl ResourceId {
+    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+        }
+    }
 }
 
 impl fmt::Display for ResourceId {
@@ -87,8 +126,11 @@ pub enum ResourceSpec {
     Topic(TopicSpec),
     Role(RoleSpec),
     Function(FunctionSpec),
+    Permission(PermissionSpec),
     StateMachine(StateMachineSpec),
     RestApi(RestApiSpec),
+    Stage(StageSpec),
+    ApiKey(ApiKeySpec),
     UsagePlan(UsagePlanSpec),
     Alarm(AlarmSpec),
 }
@@ -104,8 +146,11 @@ impl ResourceSpec {
             ResourceSpec::Topic(_) => Kind::Topic,
             ResourceSpec::Role(_) => Kind::Role,
             ResourceSpec::Function(_) => Kind::Function,
+            ResourceSpec::Permission(_) => Kind::Permission,
             ResourceSpec::StateMachine(_) => Kind::StateMachine,
             ResourceSpec::RestApi(_) => Kind::RestApi,
+            ResourceSpec::Stage(_) => Kind::Stage,
+            ResourceSpec::ApiKey(_) => Kind::ApiKey,
             ResourceSpec::UsagePlan(_) => Kind::UsagePlan,
             ResourceSpec::Alarm(_) => Kind::Alarm,
         }

@@ -92,3 +92,17 @@ pub fn camel(function: &str) -> String {
     }
     out
 }
+
+/// A Lambda permission's resource name: the function and the statement id.
+pub fn permission(function: &str, statement_id: &str) -> String {
+    format!("{function}/{statement_id}")
+}
+
+/// A stage's resource name: the REST API and the stage.
+pub fn stage(rest_api: &str, stage: &str) -> String {
+    format!("{rest_api}/{stage}")
+}
+
+/// Statement ids of the two invoke permissions of csv-validator.
+pub const S3_INVOKE_STATEMENT: &str = "tap-s3-invoke";
+pub const API_INVOKE_STATEMENT: &str = "tap-apigateway-invoke";

@@ -161,3 +161,65 @@ pub fn repository_policy(arns: &Arns, suffix: &str) -> Value {
         "Condition": {"StringLike": {"aws:sourceArn": arns.function(&format!("{}-*", names::prefix(suffix)))}},
     })])
 }
+
+/// Parses a policy document as AWS returns it (possibly URL-encoded, as IAM does) into normalised JSON:
+/// key order is irrelevant once parsed, and single-element arrays are unwrapped where AWS allows either
+/// form (`"Action": ["s3:GetObject"]` ≡ `"Action": "s3:GetObject"`).
+pub fn parse_policy(text: &str) -> Value {
+    let decoded = if text.trim_start().starts_with('%') || text.contains("%22") {
+        urlencoding::decode(text)
+            .map(|s| s.into_owned())
+            .unwrap_or_else(|_| text.to_string())
+    } else {
+        text.to_string()
+    };
+    normalise_policy(serde_json::from_str(&decoded).unwrap_or(Value::String(decoded)))
+}
+
+/// See [`parse_policy`]; also applied to desired policies so both sides have one form.
+pub fn normalise_policy(value: Value) -> Value {
+    match value {
+        Value::Array(items) if items.len() == 1 => {
+            normalise_policy(items.into_iter().next().expect("one item"))
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(normalise_policy).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, normalise_policy(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// The statement `sid` of a (normalised) resource policy, if present.
+pub fn statement<'a>(policy: &'a Value, sid: &str) -> Option<&'a Value> {
+    match policy.get("Statement")? {
+        Value::Array(items) => items.iter().find(|s| s["Sid"] == sid),
+        single if single["Sid"] == sid => Some(single),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_compare_regardless_of_encoding_order_and_singletons() {
+        let ours = normalise_policy(
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/*"}]}),
+        );
+        let iam = parse_policy("%7B%22Statement%22%3A%5B%7B%22Resource%22%3A%22arn%3Aaws%3As3%3A%3A%3Ab%2F%2A%22%2C%22Action%22%3A%22s3%3AGetObject%22%2C%22Effect%22%3A%22Allow%22%7D%5D%2C%22Version%22%3A%222012-10-17%22%7D");
+        assert_eq!(ours, iam);
+    }
+
+    #[test]
+    fn finds_a_statement_by_sid_in_a_list_or_alone() {
+        let many = json!({"Statement": [{"Sid": "a"}, {"Sid": "b", "Effect": "Allow"}]});
+        assert_eq!(statement(&many, "b").unwrap()["Effect"], "Allow");
+        assert!(statement(&many, "c").is_none());
+        let one = normalise_policy(json!({"Statement": [{"Sid": "a"}]}));
+        assert!(statement(&one, "a").is_some());
+    }
+}

@@ -7,16 +7,23 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Lets a principal (S3, API Gateway) invoke a function: a statement in the function's resource policy.
+// ---------------------------------------------------------------- Lambda permissions
+/// Lets a principal (S3, API Gateway) invoke a function: one statement of the function's resource policy.
+/// Ownership is the function's: the statement lives in its policy.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct InvokePermission {
+pub struct PermissionSpec {
     pub function_name: String,
     pub statement_id: String,
     pub principal: String,
+    /// The caller's ARN. For API Gateway a pattern over the API's id, which AWS assigns:
+    /// [`API_ID`](super::arns::API_ID) in it stands for the id of the REST API `source_api`.
     pub source_arn: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_account: Option<String>,
+    /// The REST API (its AWS name) whose id fills the source ARN's pattern.
+    #[serde(skip)]
+    pub source_api: Option<String>,
 }
 
 // ---------------------------------------------------------------- S3
@@ -28,10 +35,9 @@ pub struct BucketSpec {
     /// All four public-access-block settings on.
     pub block_public_access: bool,
     pub versioning: bool,
-    /// Objects created under the prefix invoke the function.
+    /// Objects created under the prefix invoke the function (its permission is a dependency: AWS checks
+    /// that S3 may invoke the function before it accepts the notification).
     pub notification: BucketNotification,
-    /// Lets S3 invoke the notification's function; applied before the notification.
-    pub invoke_permission: InvokePermission,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -186,10 +192,23 @@ pub struct RestApiSpec {
     pub integration: ApiIntegration,
     pub validator: RequestValidator,
     pub model: ApiModel,
-    pub stage: ApiStage,
-    /// Lets this API invoke the integration's function. The source ARN is a pattern over the API id,
-    /// which AWS assigns: `{api_id}` in it is replaced by the driver.
-    pub invoke_permission: InvokePermission,
+}
+
+impl RestApiSpec {
+    /// A short digest of everything a deployment freezes (resource, method, integration, validator,
+    /// model): the stage is redeployed when it changes.
+    pub fn deployment_fingerprint(&self) -> String {
+        use sha2::Digest;
+        let frozen = serde_json::json!([
+            self.resource_path,
+            self.method,
+            self.integration,
+            self.validator,
+            self.model
+        ]);
+        let digest = sha2::Sha256::digest(frozen.to_string().as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -232,14 +251,27 @@ pub struct ApiModel {
     pub schema: Value,
 }
 
+/// A stage of the REST API, serving its latest deployment. The resource's name is `<api>/<stage>`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct ApiStage {
-    pub name: String,
+pub struct StageSpec {
+    /// The REST API (its AWS name); the driver maps the id back to this name.
+    pub rest_api_name: String,
+    pub stage_name: String,
+    /// [`RestApiSpec::deployment_fingerprint`] of the API: the live deployment's description carries it.
+    pub deployment: String,
     pub tracing_enabled: bool,
     /// Throttling of every method (`*/*` method settings).
     pub throttle_rate_limit: f64,
     pub throttle_burst_limit: i32,
+}
+
+/// An API key; its value goes to a Kubernetes Secret only.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySpec {
+    pub description: String,
+    pub enabled: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -254,7 +286,7 @@ pub struct UsagePlanSpec {
     pub quota_limit: i32,
     /// `DAY`, `WEEK` or `MONTH`.
     pub quota_period: String,
-    /// The API key bound to the plan (its AWS name); the key is created enabled and tagged like the plan.
+    /// The API key bound to the plan (its AWS name; a resource of its own).
     pub api_key_name: String,
 }
 

@@ -62,8 +62,12 @@ fn the_stack_has_every_resource_once() {
     assert_eq!(count(Kind::Topic), 1);
     assert_eq!(count(Kind::StateMachine), 1);
     assert_eq!(count(Kind::RestApi), 1);
+    assert_eq!(count(Kind::Stage), 1);
+    assert_eq!(count(Kind::ApiKey), 1);
     assert_eq!(count(Kind::UsagePlan), 1);
+    assert_eq!(count(Kind::Permission), 2);
     assert_eq!(count(Kind::Alarm), 4);
+    assert_eq!(s.resources.len(), 30);
     let ids: BTreeSet<_> = s.resources.iter().map(|r| &r.id).collect();
     assert_eq!(ids.len(), s.resources.len(), "resource ids are unique");
 }
@@ -81,7 +85,11 @@ fn names_fit_aws_limits_for_the_longest_suffix() {
             Kind::Queue | Kind::StateMachine => 80,
             Kind::Table | Kind::Repository | Kind::Topic | Kind::Alarm => 255,
             Kind::LogGroup => 512,
-            Kind::RestApi | Kind::UsagePlan => 1024,
+            Kind::RestApi | Kind::UsagePlan | Kind::ApiKey => 1024,
+            // `<function>/<statement id>`: the statement id's limit is 100.
+            Kind::Permission => 64 + 1 + 100,
+            // `<api>/<stage>`: the stage name's limit is 128.
+            Kind::Stage => 1024 + 1 + 128,
         };
         assert!(
             name.len() <= limit,
@@ -90,6 +98,9 @@ fn names_fit_aws_limits_for_the_longest_suffix() {
             name.len()
         );
         assert!(name.contains(&suffix), "{name} carries the suffix");
+        if r.id.kind == Kind::Stage {
+            continue;
+        }
     }
     let bucket = &of_kind(&s, Kind::Bucket)[0].id.name;
     assert!(
@@ -107,7 +118,7 @@ fn names_fit_aws_limits_for_the_longest_suffix() {
 #[test]
 fn every_resource_carries_ownership_and_user_tags() {
     let s = stack("dev1");
-    for r in &s.resources {
+    for r in s.resources.iter().filter(|r| r.id.kind.is_tagged()) {
         assert_eq!(
             r.tags.get(OWNER_TAG).map(String::as_str),
             Some("payments/payments-dev"),
@@ -403,9 +414,33 @@ fn api_usage_plan_and_bucket_are_wired_to_the_validator() {
         .integration
         .uri
         .contains("function:tap-dev1-csv-validator/invocations"));
+    let permission = |statement: &str| {
+        let found = of_kind(&s, Kind::Permission)
+            .into_iter()
+            .find(|r| r.id.name.ends_with(statement))
+            .unwrap_or_else(|| panic!("no permission {statement}"));
+        match &found.spec {
+            ResourceSpec::Permission(p) => (found, p.clone()),
+            _ => unreachable!(),
+        }
+    };
+    let (api_permission, api_spec) = permission("tap-apigateway-invoke");
+    assert_eq!(api_spec.function_name, "tap-dev1-csv-validator");
     assert_eq!(
-        api.invoke_permission.source_arn,
+        api_spec.source_arn,
         "arn:aws:execute-api:eu-central-1:123456789012:{api_id}/*/POST/upload"
+    );
+    assert!(
+        api_permission
+            .depends_on
+            .iter()
+            .any(|d| d.kind == Kind::RestApi),
+        "the API's permission waits for the API's id"
+    );
+    let stage = of_kind(&s, Kind::Stage)[0];
+    assert!(
+        stage.depends_on.contains(&api_permission.id),
+        "the stage goes live only once the API may invoke the function"
     );
     let ResourceSpec::UsagePlan(plan) = &of_kind(&s, Kind::UsagePlan)[0].spec else {
         unreachable!()
@@ -425,8 +460,22 @@ fn api_usage_plan_and_bucket_are_wired_to_the_validator() {
     assert!(bucket.block_public_access);
     assert_eq!(bucket.encryption, "AES256");
     assert_eq!(bucket.notification.prefix, "validated/");
+    let (s3_permission, s3_spec) = permission("tap-s3-invoke");
     assert_eq!(
-        bucket.invoke_permission.source_arn,
+        s3_spec.source_arn,
         format!("arn:aws:s3:::{}", of_kind(&s, Kind::Bucket)[0].id.name)
     );
+    assert!(
+        of_kind(&s, Kind::Bucket)[0]
+            .depends_on
+            .contains(&s3_permission.id),
+        "AWS checks that S3 may invoke the function before it takes the notification"
+    );
+    let plan = of_kind(&s, Kind::UsagePlan)[0];
+    for kind in [Kind::Stage, Kind::ApiKey] {
+        assert!(
+            plan.depends_on.iter().any(|d| d.kind == kind),
+            "plan after its {kind}"
+        );
+    }
 }

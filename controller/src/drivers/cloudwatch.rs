@@ -5,16 +5,12 @@ use std::collections::BTreeMap;
 
 use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic, Tag};
 
-use crate::aws::{AwsError, ResultExt};
+use crate::aws::{AwsError, Optional, ResultExt};
 use crate::desired::{AlarmSpec, Tags};
 
-use super::{tag_delta, user_tags, Changes, Ctx, Driver, Observed, Outputs};
+use super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs, TagApi};
 
 pub struct Alarms;
-
-fn resource(name: &str) -> String {
-    format!("Alarm {name}")
-}
 
 fn cw_tags(tags: &Tags) -> Vec<Tag> {
     tags.iter()
@@ -23,20 +19,12 @@ fn cw_tags(tags: &Tags) -> Vec<Tag> {
 }
 
 impl Alarms {
-    fn arn(ctx: &Ctx<'_>, name: &str) -> String {
-        format!(
-            "arn:{}:cloudwatch:{}:{}:alarm:{name}",
-            ctx.aws.partition, ctx.aws.region, ctx.aws.account_id
-        )
+    fn arn(ctx: &Ctx<'_>) -> String {
+        ctx.arns().alarm(ctx.name())
     }
 
     /// Writes every field of the alarm (and the tags, when given: creation only).
-    async fn put(
-        ctx: &Ctx<'_>,
-        name: &str,
-        desired: &AlarmSpec,
-        tags: Option<&Tags>,
-    ) -> Result<(), AwsError> {
+    async fn put(ctx: &Ctx<'_>, desired: &AlarmSpec, tags: Option<&Tags>) -> Result<(), AwsError> {
         let dimensions = desired
             .dimensions
             .iter()
@@ -45,7 +33,7 @@ impl Alarms {
         ctx.aws
             .cloudwatch
             .put_metric_alarm()
-            .alarm_name(name)
+            .alarm_name(ctx.name())
             .alarm_description(&desired.description)
             .namespace(&desired.namespace)
             .metric_name(&desired.metric_name)
@@ -62,7 +50,33 @@ impl Alarms {
             .set_tags(tags.map(cw_tags))
             .send()
             .await
-            .context(resource(name), "cloudwatch:PutMetricAlarm")?;
+            .context(ctx.id, "cloudwatch:PutMetricAlarm")?;
+        Ok(())
+    }
+}
+
+impl TagApi for Alarms {
+    async fn tag(&self, ctx: &Ctx<'_>, arn: &str, tags: Tags) -> Result<(), AwsError> {
+        ctx.aws
+            .cloudwatch
+            .tag_resource()
+            .resource_arn(arn)
+            .set_tags(Some(cw_tags(&tags)))
+            .send()
+            .await
+            .context(ctx.id, "cloudwatch:TagResource")?;
+        Ok(())
+    }
+
+    async fn untag(&self, ctx: &Ctx<'_>, arn: &str, keys: Vec<String>) -> Result<(), AwsError> {
+        ctx.aws
+            .cloudwatch
+            .untag_resource()
+            .resource_arn(arn)
+            .set_tag_keys(Some(keys))
+            .send()
+            .await
+            .context(ctx.id, "cloudwatch:UntagResource")?;
         Ok(())
     }
 }
@@ -73,28 +87,27 @@ impl Driver for Alarms {
     async fn observe(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         _desired: &AlarmSpec,
     ) -> Result<Option<Observed<AlarmSpec>>, AwsError> {
         let page = ctx
             .aws
             .cloudwatch
             .describe_alarms()
-            .alarm_names(name)
+            .alarm_names(ctx.name())
             .send()
             .await
-            .context(resource(name), "cloudwatch:DescribeAlarms")?;
+            .context(ctx.id, "cloudwatch:DescribeAlarms")?;
         let Some(alarm) = page
             .metric_alarms()
             .iter()
-            .find(|a| a.alarm_name() == Some(name))
+            .find(|a| a.alarm_name() == Some(ctx.name()))
         else {
             return Ok(None);
         };
         let arn = alarm
             .alarm_arn()
             .map(str::to_string)
-            .unwrap_or_else(|| Self::arn(ctx, name));
+            .unwrap_or_else(|| Self::arn(ctx));
         let tags = ctx
             .aws
             .cloudwatch
@@ -102,7 +115,7 @@ impl Driver for Alarms {
             .resource_arn(&arn)
             .send()
             .await
-            .context(resource(name), "cloudwatch:ListTagsForResource")?;
+            .context(ctx.id, "cloudwatch:ListTagsForResource")?;
         let tags = user_tags(tags.tags().iter().filter_map(|t| {
             Some((
                 t.key()?.to_string(),
@@ -142,6 +155,7 @@ impl Driver for Alarms {
             alarm_actions,
         };
         Ok(Some(Observed {
+            parent_owner: None,
             spec,
             tags,
             outputs: Outputs {
@@ -154,13 +168,12 @@ impl Driver for Alarms {
     async fn create(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &AlarmSpec,
         tags: &Tags,
-    ) -> Result<Outputs, AwsError> {
-        Self::put(ctx, name, desired, Some(tags)).await?;
+    ) -> Result<Outputs, DriverError> {
+        Self::put(ctx, desired, Some(tags)).await?;
         Ok(Outputs {
-            arn: Some(Self::arn(ctx, name)),
+            arn: Some(Self::arn(ctx)),
             ..Default::default()
         })
     }
@@ -168,43 +181,22 @@ impl Driver for Alarms {
     async fn update(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &AlarmSpec,
         tags: &Tags,
         observed: &Observed<AlarmSpec>,
         changes: &Changes,
-    ) -> Result<Outputs, AwsError> {
+    ) -> Result<Outputs, DriverError> {
         // Any alarm field at all: PutMetricAlarm rewrites the whole alarm (there is no partial update).
         if changes.top_fields().iter().any(|f| *f != "tags") {
-            Self::put(ctx, name, desired, None).await?;
+            Self::put(ctx, desired, None).await?;
         }
         let arn = observed
             .outputs
             .arn
             .clone()
-            .unwrap_or_else(|| Self::arn(ctx, name));
+            .unwrap_or_else(|| Self::arn(ctx));
         if changes.touches("tags") {
-            let (set, remove) = tag_delta(tags, &observed.tags);
-            if !set.is_empty() {
-                ctx.aws
-                    .cloudwatch
-                    .tag_resource()
-                    .resource_arn(&arn)
-                    .set_tags(Some(cw_tags(&set)))
-                    .send()
-                    .await
-                    .context(resource(name), "cloudwatch:TagResource")?;
-            }
-            if !remove.is_empty() {
-                ctx.aws
-                    .cloudwatch
-                    .untag_resource()
-                    .resource_arn(&arn)
-                    .set_tag_keys(Some(remove))
-                    .send()
-                    .await
-                    .context(resource(name), "cloudwatch:UntagResource")?;
-            }
+            sync_tags(self, ctx, &arn, tags, &observed.tags).await?;
         }
         Ok(Outputs {
             arn: Some(arn),
@@ -212,23 +204,15 @@ impl Driver for Alarms {
         })
     }
 
-    async fn delete(
-        &self,
-        ctx: &Ctx<'_>,
-        name: &str,
-        _observed: &Observed<AlarmSpec>,
-    ) -> Result<(), AwsError> {
-        match ctx
-            .aws
+    async fn delete(&self, ctx: &Ctx<'_>, _observed: &Observed<AlarmSpec>) -> Result<(), AwsError> {
+        ctx.aws
             .cloudwatch
             .delete_alarms()
-            .alarm_names(name)
+            .alarm_names(ctx.name())
             .send()
             .await
-            .context(resource(name), "cloudwatch:DeleteAlarms")
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other.map(|_| ()),
-        }
+            .context(ctx.id, "cloudwatch:DeleteAlarms")
+            .optional()?;
+        Ok(())
     }
 }

@@ -4,8 +4,9 @@
 //! driver refuses it with a terminal error and never deletes data.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction,
     DeleteGlobalSecondaryIndexAction, GlobalSecondaryIndex as AwsGsi, GlobalSecondaryIndexUpdate,
@@ -14,22 +15,21 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableDescription, TableStatus, Tag,
 };
 
-use crate::aws::{AwsError, ResultExt};
+use crate::aws::{AwsError, Optional, ResultExt};
 use crate::desired::{GlobalSecondaryIndex, KeyAttribute, TableSpec, Tags};
 
-use super::{tag_delta, user_tags, Changes, Ctx, Driver, Observed, Outputs};
+use super::{
+    poll, sync_tags, user_tags, waited, Changes, Ctx, Driver, DriverError, Observed, Outputs,
+    TagApi,
+};
 
 pub struct Tables;
 
-fn resource(name: &str) -> String {
-    format!("Table {name}")
-}
-
 fn build_error(
-    name: &str,
+    ctx: &Ctx<'_>,
     call: &str,
 ) -> impl FnOnce(aws_sdk_dynamodb::error::BuildError) -> AwsError {
-    let resource = resource(name);
+    let resource = ctx.id.to_string();
     let call = call.to_string();
     move |e| AwsError::terminal(resource, call, format!("invalid request: {e}"))
 }
@@ -37,7 +37,6 @@ fn build_error(
 /// How long a create or an index change may take before the driver hands back a transient error (the
 /// engine comes back later; observe + update then finish the job).
 const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(500);
 
 /// Capacity used only if a spec ever asks for `PROVISIONED` (the stack uses `PAY_PER_REQUEST`).
 fn default_throughput() -> ProvisionedThroughput {
@@ -53,7 +52,7 @@ fn provisioned(mode: &str) -> bool {
 }
 
 fn key_schema(
-    name: &str,
+    ctx: &Ctx<'_>,
     hash: &KeyAttribute,
     range: Option<&KeyAttribute>,
 ) -> Result<Vec<KeySchemaElement>, AwsError> {
@@ -61,14 +60,14 @@ fn key_schema(
         .attribute_name(&hash.name)
         .key_type(KeyType::Hash)
         .build()
-        .map_err(build_error(name, "dynamodb:CreateTable"))?];
+        .map_err(build_error(ctx, "dynamodb:CreateTable"))?];
     if let Some(range) = range {
         keys.push(
             KeySchemaElement::builder()
                 .attribute_name(&range.name)
                 .key_type(KeyType::Range)
                 .build()
-                .map_err(build_error(name, "dynamodb:CreateTable"))?,
+                .map_err(build_error(ctx, "dynamodb:CreateTable"))?,
         );
     }
     Ok(keys)
@@ -76,7 +75,7 @@ fn key_schema(
 
 /// Attribute definitions of every key attribute named by `keys` (deduplicated by name).
 fn attribute_definitions<'a>(
-    name: &str,
+    ctx: &Ctx<'_>,
     keys: impl IntoIterator<Item = &'a KeyAttribute>,
 ) -> Result<Vec<AttributeDefinition>, AwsError> {
     let unique: BTreeMap<&str, &str> = keys
@@ -90,7 +89,7 @@ fn attribute_definitions<'a>(
                 .attribute_name(n)
                 .attribute_type(ScalarAttributeType::from(t))
                 .build()
-                .map_err(build_error(name, "dynamodb:CreateTable"))
+                .map_err(build_error(ctx, "dynamodb:CreateTable"))
         })
         .collect()
 }
@@ -111,14 +110,14 @@ fn projection(index: &GlobalSecondaryIndex) -> Projection {
         .build()
 }
 
-fn aws_tags(name: &str, tags: &Tags) -> Result<Vec<Tag>, AwsError> {
+fn aws_tags(ctx: &Ctx<'_>, tags: &Tags) -> Result<Vec<Tag>, AwsError> {
     tags.iter()
         .map(|(k, v)| {
             Tag::builder()
                 .key(k)
                 .value(v)
                 .build()
-                .map_err(build_error(name, "dynamodb:TagResource"))
+                .map_err(build_error(ctx, "dynamodb:TagResource"))
         })
         .collect()
 }
@@ -175,95 +174,77 @@ fn billing_mode(table: &TableDescription) -> String {
 }
 
 impl Tables {
-    async fn describe(ctx: &Ctx<'_>, name: &str) -> Result<Option<TableDescription>, AwsError> {
-        match ctx
+    async fn describe(ctx: &Ctx<'_>) -> Result<Option<TableDescription>, AwsError> {
+        Ok(ctx
             .aws
             .dynamodb
             .describe_table()
-            .table_name(name)
+            .table_name(ctx.name())
             .send()
             .await
-            .context(resource(name), "dynamodb:DescribeTable")
-        {
-            Err(e) if e.is_not_found() => Ok(None),
-            other => Ok(other?.table),
-        }
+            .context(ctx.id, "dynamodb:DescribeTable")
+            .optional()?
+            .and_then(|out| out.table))
     }
 
-    /// Waits (bounded) until the table and every index are ACTIVE; a transient error when they are not.
-    async fn wait_active(ctx: &Ctx<'_>, name: &str) -> Result<TableDescription, AwsError> {
-        let deadline = Instant::now() + ACTIVE_TIMEOUT;
-        loop {
-            let table = Self::describe(ctx, name).await?;
-            let state = match &table {
-                Some(t) if t.table_status() != Some(&TableStatus::Active) => {
-                    format!(
-                        "table is {}",
-                        t.table_status()
-                            .map(|s| s.as_str())
-                            .unwrap_or("in an unknown state")
-                    )
-                }
+    /// Waits (bounded) until the table is ACTIVE (the SDK's waiter), then until every index is ACTIVE
+    /// too; a transient error when they are not.
+    async fn wait_active(ctx: &Ctx<'_>) -> Result<TableDescription, AwsError> {
+        waited(
+            ctx.aws
+                .dynamodb
+                .wait_until_table_exists()
+                .table_name(ctx.name())
+                .wait(ACTIVE_TIMEOUT)
+                .await,
+            ctx.id,
+            "dynamodb:DescribeTable",
+            ACTIVE_TIMEOUT,
+            |_| "the table cannot become ACTIVE".into(),
+        )?;
+        poll(ctx.id, "dynamodb:DescribeTable", ACTIVE_TIMEOUT, || async {
+            let table = Self::describe(ctx).await?;
+            Ok(match table {
+                None => Err("table not visible yet".to_string()),
                 Some(t) => match t
                     .global_secondary_indexes()
                     .iter()
                     .find(|i| i.index_status() != Some(&IndexStatus::Active))
                 {
-                    Some(i) => format!(
+                    Some(i) => Err(format!(
                         "index {} is {}",
                         i.index_name().unwrap_or_default(),
                         i.index_status()
-                            .map(|s| s.as_str())
-                            .unwrap_or("in an unknown state")
-                    ),
-                    None => String::new(),
+                            .map_or("in an unknown state", |s| s.as_str())
+                    )),
+                    None => Ok(t),
                 },
-                None => "table not visible yet".into(),
-            };
-            match table {
-                Some(t) if state.is_empty() => return Ok(t),
-                _ if Instant::now() > deadline => {
-                    return Err(AwsError::transient(
-                        resource(name),
-                        "dynamodb:DescribeTable",
-                        format!("not ACTIVE after {} s: {state}", ACTIVE_TIMEOUT.as_secs()),
-                    ))
-                }
-                _ => tokio::time::sleep(POLL).await,
-            }
-        }
+            })
+        })
+        .await
     }
 
-    async fn put_pitr(ctx: &Ctx<'_>, name: &str, enabled: bool) -> Result<(), AwsError> {
+    async fn put_pitr(ctx: &Ctx<'_>, enabled: bool) -> Result<(), AwsError> {
         ctx.aws
             .dynamodb
             .update_continuous_backups()
-            .table_name(name)
+            .table_name(ctx.name())
             .point_in_time_recovery_specification(
                 PointInTimeRecoverySpecification::builder()
                     .point_in_time_recovery_enabled(enabled)
                     .build()
-                    .map_err(build_error(name, "dynamodb:UpdateContinuousBackups"))?,
+                    .map_err(build_error(ctx, "dynamodb:UpdateContinuousBackups"))?,
             )
             .send()
             .await
-            .context(resource(name), "dynamodb:UpdateContinuousBackups")?;
+            .context(ctx.id, "dynamodb:UpdateContinuousBackups")?;
         Ok(())
     }
 
-    fn outputs(table: Option<&TableDescription>, ctx: &Ctx<'_>, name: &str) -> Outputs {
-        let arn = table
-            .and_then(|t| t.table_arn())
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                format!(
-                    "arn:{}:dynamodb:{}:{}:table/{name}",
-                    ctx.aws.partition, ctx.aws.region, ctx.aws.account_id
-                )
-            });
+    fn outputs(ctx: &Ctx<'_>) -> Outputs {
         Outputs {
-            arn: Some(arn),
-            id: Some(name.to_string()),
+            arn: Some(ctx.arns().table(ctx.name())),
+            id: Some(ctx.name().to_string()),
             ..Default::default()
         }
     }
@@ -271,7 +252,6 @@ impl Tables {
     /// One index change per `UpdateTable` (AWS allows only one at a time), waiting for ACTIVE between.
     async fn update_indexes(
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &TableSpec,
         observed: &TableSpec,
     ) -> Result<(), AwsError> {
@@ -300,27 +280,40 @@ impl Tables {
             ctx.aws
                 .dynamodb
                 .update_table()
-                .table_name(name)
+                .table_name(ctx.name())
                 .global_secondary_index_updates(
                     GlobalSecondaryIndexUpdate::builder()
                         .delete(
                             DeleteGlobalSecondaryIndexAction::builder()
                                 .index_name(index)
                                 .build()
-                                .map_err(build_error(name, "dynamodb:UpdateTable"))?,
+                                .map_err(build_error(ctx, "dynamodb:UpdateTable"))?,
                         )
                         .build(),
                 )
                 .send()
                 .await
-                .context(resource(name), "dynamodb:UpdateTable")?;
-            Self::wait_index_gone(ctx, name, index).await?;
+                .context(ctx.id, "dynamodb:UpdateTable")?;
+            poll(ctx.id, "dynamodb:DescribeTable", ACTIVE_TIMEOUT, || async {
+                let there = Self::describe(ctx).await?.is_some_and(|t| {
+                    t.global_secondary_indexes()
+                        .iter()
+                        .any(|i| i.index_name() == Some(index))
+                });
+                Ok(if there {
+                    Err(format!("index {index} still being deleted"))
+                } else {
+                    Ok(())
+                })
+            })
+            .await?;
+            Self::wait_active(ctx).await?;
         }
         for index in to_create {
             let mut action = CreateGlobalSecondaryIndexAction::builder()
                 .index_name(&index.name)
                 .set_key_schema(Some(key_schema(
-                    name,
+                    ctx,
                     &index.hash_key,
                     index.range_key.as_ref(),
                 )?))
@@ -331,47 +324,75 @@ impl Tables {
             ctx.aws
                 .dynamodb
                 .update_table()
-                .table_name(name)
-                .set_attribute_definitions(Some(attribute_definitions(name, all_keys(desired))?))
+                .table_name(ctx.name())
+                .set_attribute_definitions(Some(attribute_definitions(ctx, all_keys(desired))?))
                 .global_secondary_index_updates(
                     GlobalSecondaryIndexUpdate::builder()
                         .create(
                             action
                                 .build()
-                                .map_err(build_error(name, "dynamodb:UpdateTable"))?,
+                                .map_err(build_error(ctx, "dynamodb:UpdateTable"))?,
                         )
                         .build(),
                 )
                 .send()
                 .await
-                .context(resource(name), "dynamodb:UpdateTable")?;
-            Self::wait_active(ctx, name).await?;
+                .context(ctx.id, "dynamodb:UpdateTable")?;
+            Self::wait_active(ctx).await?;
         }
         Ok(())
     }
 
-    /// Waits (bounded) until a deleted index has disappeared and the table is ACTIVE again.
-    async fn wait_index_gone(ctx: &Ctx<'_>, name: &str, index: &str) -> Result<(), AwsError> {
-        let deadline = Instant::now() + ACTIVE_TIMEOUT;
+    /// Tags of a table. `ListTagsOfResource` pages with a token but has no SDK paginator.
+    async fn tags(ctx: &Ctx<'_>, arn: &str) -> Result<Tags, AwsError> {
+        let mut tags = Vec::new();
+        let mut next: Option<String> = None;
         loop {
-            let still_there = Self::describe(ctx, name).await?.is_some_and(|t| {
-                t.global_secondary_indexes()
+            let page = ctx
+                .aws
+                .dynamodb
+                .list_tags_of_resource()
+                .resource_arn(arn)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .context(ctx.id, "dynamodb:ListTagsOfResource")?;
+            tags.extend(
+                page.tags()
                     .iter()
-                    .any(|i| i.index_name() == Some(index))
-            });
-            if !still_there {
-                Self::wait_active(ctx, name).await?;
-                return Ok(());
+                    .map(|t| (t.key().to_string(), t.value().to_string())),
+            );
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_string()),
+                _ => return Ok(user_tags(tags)),
             }
-            if Instant::now() > deadline {
-                return Err(AwsError::transient(
-                    resource(name),
-                    "dynamodb:DescribeTable",
-                    format!("index {index} still being deleted"),
-                ));
-            }
-            tokio::time::sleep(POLL).await;
         }
+    }
+}
+
+impl TagApi for Tables {
+    async fn tag(&self, ctx: &Ctx<'_>, arn: &str, tags: Tags) -> Result<(), AwsError> {
+        ctx.aws
+            .dynamodb
+            .tag_resource()
+            .resource_arn(arn)
+            .set_tags(Some(aws_tags(ctx, &tags)?))
+            .send()
+            .await
+            .context(ctx.id, "dynamodb:TagResource")?;
+        Ok(())
+    }
+
+    async fn untag(&self, ctx: &Ctx<'_>, arn: &str, keys: Vec<String>) -> Result<(), AwsError> {
+        ctx.aws
+            .dynamodb
+            .untag_resource()
+            .resource_arn(arn)
+            .set_tag_keys(Some(keys))
+            .send()
+            .await
+            .context(ctx.id, "dynamodb:UntagResource")?;
+        Ok(())
     }
 }
 
@@ -381,10 +402,9 @@ impl Driver for Tables {
     async fn observe(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         _desired: &TableSpec,
     ) -> Result<Option<Observed<TableSpec>>, AwsError> {
-        let Some(table) = Self::describe(ctx, name).await? else {
+        let Some(table) = Self::describe(ctx).await? else {
             return Ok(None);
         };
         // A table being deleted is gone for every purpose (the deletion cannot be cancelled); creating it
@@ -415,40 +435,23 @@ impl Driver for Tables {
             .aws
             .dynamodb
             .describe_continuous_backups()
-            .table_name(name)
+            .table_name(ctx.name())
             .send()
             .await
-            .context(resource(name), "dynamodb:DescribeContinuousBackups")?;
+            .context(ctx.id, "dynamodb:DescribeContinuousBackups")?;
         let point_in_time_recovery = backups
             .continuous_backups_description()
             .and_then(|d| d.point_in_time_recovery_description())
             .and_then(|p| p.point_in_time_recovery_status())
             == Some(&PointInTimeRecoveryStatus::Enabled);
-        let outputs = Self::outputs(Some(&table), ctx, name);
-        let arn = outputs.arn.clone().unwrap_or_default();
-        let mut tags = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let page = ctx
-                .aws
-                .dynamodb
-                .list_tags_of_resource()
-                .resource_arn(&arn)
-                .set_next_token(next.take())
-                .send()
-                .await
-                .context(resource(name), "dynamodb:ListTagsOfResource")?;
-            tags.extend(
-                page.tags()
-                    .iter()
-                    .map(|t| (t.key().to_string(), t.value().to_string())),
-            );
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next = Some(token.to_string()),
-                _ => break,
-            }
-        }
+        let outputs = Self::outputs(ctx);
+        let arn = table
+            .table_arn()
+            .map(str::to_string)
+            .or_else(|| outputs.arn.clone())
+            .unwrap_or_default();
         Ok(Some(Observed {
+            parent_owner: None,
             spec: TableSpec {
                 hash_key,
                 range_key,
@@ -456,7 +459,7 @@ impl Driver for Tables {
                 global_secondary_indexes,
                 point_in_time_recovery,
             },
-            tags: user_tags(tags),
+            tags: Self::tags(ctx, &arn).await?,
             outputs,
         }))
     }
@@ -464,10 +467,9 @@ impl Driver for Tables {
     async fn create(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &TableSpec,
         tags: &Tags,
-    ) -> Result<Outputs, AwsError> {
+    ) -> Result<Outputs, DriverError> {
         let is_provisioned = provisioned(&desired.billing_mode);
         let indexes = desired
             .global_secondary_indexes
@@ -475,24 +477,24 @@ impl Driver for Tables {
             .map(|i| {
                 let mut index = AwsGsi::builder()
                     .index_name(&i.name)
-                    .set_key_schema(Some(key_schema(name, &i.hash_key, i.range_key.as_ref())?))
+                    .set_key_schema(Some(key_schema(ctx, &i.hash_key, i.range_key.as_ref())?))
                     .projection(projection(i));
                 if is_provisioned {
                     index = index.provisioned_throughput(default_throughput());
                 }
                 index
                     .build()
-                    .map_err(build_error(name, "dynamodb:CreateTable"))
+                    .map_err(build_error(ctx, "dynamodb:CreateTable"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut request = ctx
             .aws
             .dynamodb
             .create_table()
-            .table_name(name)
-            .set_attribute_definitions(Some(attribute_definitions(name, all_keys(desired))?))
+            .table_name(ctx.name())
+            .set_attribute_definitions(Some(attribute_definitions(ctx, all_keys(desired))?))
             .set_key_schema(Some(key_schema(
-                name,
+                ctx,
                 &desired.hash_key,
                 desired.range_key.as_ref(),
             )?))
@@ -500,7 +502,7 @@ impl Driver for Tables {
             .set_global_secondary_indexes((!indexes.is_empty()).then_some(indexes))
             .set_tags(
                 (!tags.is_empty())
-                    .then(|| aws_tags(name, tags))
+                    .then(|| aws_tags(ctx, tags))
                     .transpose()?,
             );
         if is_provisioned {
@@ -509,37 +511,37 @@ impl Driver for Tables {
         request
             .send()
             .await
-            .context(resource(name), "dynamodb:CreateTable")?;
-        let table = Self::wait_active(ctx, name).await?;
+            .context(ctx.id, "dynamodb:CreateTable")?;
+        Self::wait_active(ctx).await?;
         if desired.point_in_time_recovery {
-            Self::put_pitr(ctx, name, true).await?;
+            Self::put_pitr(ctx, true).await?;
         }
-        Ok(Self::outputs(Some(&table), ctx, name))
+        Ok(Self::outputs(ctx))
     }
 
     async fn update(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &TableSpec,
         tags: &Tags,
         observed: &Observed<TableSpec>,
         changes: &Changes,
-    ) -> Result<Outputs, AwsError> {
+    ) -> Result<Outputs, DriverError> {
         if changes.touches_any(&["hashKey", "rangeKey"]) {
             return Err(AwsError::terminal(
-                resource(name),
+                ctx.id,
                 "dynamodb:UpdateTable",
                 "the key schema of a table cannot change in place: the table must be replaced (create a new one and \
                  migrate the data; the controller never deletes a table's data to apply a change)",
-            ));
+            )
+            .into());
         }
         if changes.touches("billingMode") {
             let mut request = ctx
                 .aws
                 .dynamodb
                 .update_table()
-                .table_name(name)
+                .table_name(ctx.name())
                 .billing_mode(BillingMode::from(desired.billing_mode.as_str()));
             if provisioned(&desired.billing_mode) {
                 request = request.provisioned_throughput(default_throughput());
@@ -547,61 +549,33 @@ impl Driver for Tables {
             request
                 .send()
                 .await
-                .context(resource(name), "dynamodb:UpdateTable")?;
-            Self::wait_active(ctx, name).await?;
+                .context(ctx.id, "dynamodb:UpdateTable")?;
+            Self::wait_active(ctx).await?;
         }
         if changes.touches("globalSecondaryIndexes") {
-            Self::update_indexes(ctx, name, desired, &observed.spec).await?;
+            Self::update_indexes(ctx, desired, &observed.spec).await?;
         }
         if changes.touches("pointInTimeRecovery") {
             // After a create that timed out waiting, the table may still be CREATING: backups need ACTIVE.
-            Self::wait_active(ctx, name).await?;
-            Self::put_pitr(ctx, name, desired.point_in_time_recovery).await?;
+            Self::wait_active(ctx).await?;
+            Self::put_pitr(ctx, desired.point_in_time_recovery).await?;
         }
         if changes.touches("tags") {
             let arn = observed.outputs.arn.clone().unwrap_or_default();
-            let (set, remove) = tag_delta(tags, &observed.tags);
-            if !set.is_empty() {
-                ctx.aws
-                    .dynamodb
-                    .tag_resource()
-                    .resource_arn(&arn)
-                    .set_tags(Some(aws_tags(name, &set)?))
-                    .send()
-                    .await
-                    .context(resource(name), "dynamodb:TagResource")?;
-            }
-            if !remove.is_empty() {
-                ctx.aws
-                    .dynamodb
-                    .untag_resource()
-                    .resource_arn(&arn)
-                    .set_tag_keys(Some(remove))
-                    .send()
-                    .await
-                    .context(resource(name), "dynamodb:UntagResource")?;
-            }
+            sync_tags(self, ctx, &arn, tags, &observed.tags).await?;
         }
         Ok(observed.outputs.clone())
     }
 
-    async fn delete(
-        &self,
-        ctx: &Ctx<'_>,
-        name: &str,
-        _observed: &Observed<TableSpec>,
-    ) -> Result<(), AwsError> {
-        match ctx
-            .aws
+    async fn delete(&self, ctx: &Ctx<'_>, _observed: &Observed<TableSpec>) -> Result<(), AwsError> {
+        ctx.aws
             .dynamodb
             .delete_table()
-            .table_name(name)
+            .table_name(ctx.name())
             .send()
             .await
-            .context(resource(name), "dynamodb:DeleteTable")
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other.map(|_| ()),
-        }
+            .context(ctx.id, "dynamodb:DeleteTable")
+            .optional()?;
+        Ok(())
     }
 }

@@ -7,26 +7,19 @@ use aws_sdk_ecr::types::{
     ImageIdentifier, ImageScanningConfiguration, ImageTagMutability, Repository, Tag,
 };
 
-use crate::aws::{Aws, AwsError, ResultExt};
+use crate::aws::{AwsError, Optional, ResultExt};
+use crate::desired::policies::parse_policy;
 use crate::desired::{RepositorySpec, Tags};
 
-use super::{parse_policy, tag_delta, user_tags, Changes, Ctx, Driver, Observed, Outputs};
+use super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs, TagApi};
 
 pub struct Repositories;
 
-fn resource(name: &str) -> String {
-    format!("Repository {name}")
-}
-
-fn aws_tags(name: &str, tags: &Tags) -> Result<Vec<Tag>, AwsError> {
+fn aws_tags(ctx: &Ctx<'_>, tags: &Tags) -> Result<Vec<Tag>, AwsError> {
     tags.iter()
         .map(|(k, v)| {
             Tag::builder().key(k).value(v).build().map_err(|e| {
-                AwsError::terminal(
-                    resource(name),
-                    "ecr:TagResource",
-                    format!("invalid request: {e}"),
-                )
+                AwsError::terminal(ctx.id, "ecr:TagResource", format!("invalid request: {e}"))
             })
         })
         .collect()
@@ -34,23 +27,22 @@ fn aws_tags(name: &str, tags: &Tags) -> Result<Vec<Tag>, AwsError> {
 
 /// Whether `repository` holds an image tagged `tag`. A missing image (AWS: `ImageNotFoundException`;
 /// ministack: an empty list) or a missing repository is `false`.
-pub async fn image_exists(aws: &Aws, repository: &str, tag: &str) -> Result<bool, AwsError> {
-    match aws
+pub async fn image_exists(ctx: &Ctx<'_>, repository: &str, tag: &str) -> Result<bool, AwsError> {
+    let found = ctx
+        .aws
         .ecr
         .describe_images()
         .repository_name(repository)
         .image_ids(ImageIdentifier::builder().image_tag(tag).build())
         .send()
         .await
-        .context(format!("Repository {repository}"), "ecr:DescribeImages")
-    {
-        Err(e) if e.is_not_found() => Ok(false),
-        Err(e) => Err(e),
-        Ok(out) => Ok(out
-            .image_details()
+        .context(ctx.id, "ecr:DescribeImages")
+        .optional()?;
+    Ok(found.is_some_and(|out| {
+        out.image_details()
             .iter()
-            .any(|d| d.image_tags().iter().any(|t| t == tag))),
-    }
+            .any(|d| d.image_tags().iter().any(|t| t == tag))
+    }))
 }
 
 impl Repositories {
@@ -63,29 +55,52 @@ impl Repositories {
         }
     }
 
-    async fn put_policy(ctx: &Ctx<'_>, name: &str, policy: &Value) -> Result<(), AwsError> {
+    async fn put_policy(ctx: &Ctx<'_>, policy: &Value) -> Result<(), AwsError> {
         if policy.is_null() {
-            return match ctx
-                .aws
+            ctx.aws
                 .ecr
                 .delete_repository_policy()
-                .repository_name(name)
+                .repository_name(ctx.name())
                 .send()
                 .await
-                .context(resource(name), "ecr:DeleteRepositoryPolicy")
-            {
-                Err(e) if e.is_not_found() => Ok(()),
-                other => other.map(|_| ()),
-            };
+                .context(ctx.id, "ecr:DeleteRepositoryPolicy")
+                .optional()?;
+            return Ok(());
         }
         ctx.aws
             .ecr
             .set_repository_policy()
-            .repository_name(name)
+            .repository_name(ctx.name())
             .policy_text(policy.to_string())
             .send()
             .await
-            .context(resource(name), "ecr:SetRepositoryPolicy")?;
+            .context(ctx.id, "ecr:SetRepositoryPolicy")?;
+        Ok(())
+    }
+}
+
+impl TagApi for Repositories {
+    async fn tag(&self, ctx: &Ctx<'_>, arn: &str, tags: Tags) -> Result<(), AwsError> {
+        ctx.aws
+            .ecr
+            .tag_resource()
+            .resource_arn(arn)
+            .set_tags(Some(aws_tags(ctx, &tags)?))
+            .send()
+            .await
+            .context(ctx.id, "ecr:TagResource")?;
+        Ok(())
+    }
+
+    async fn untag(&self, ctx: &Ctx<'_>, arn: &str, keys: Vec<String>) -> Result<(), AwsError> {
+        ctx.aws
+            .ecr
+            .untag_resource()
+            .resource_arn(arn)
+            .set_tag_keys(Some(keys))
+            .send()
+            .await
+            .context(ctx.id, "ecr:UntagResource")?;
         Ok(())
     }
 }
@@ -96,43 +111,38 @@ impl Driver for Repositories {
     async fn observe(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         _desired: &RepositorySpec,
     ) -> Result<Option<Observed<RepositorySpec>>, AwsError> {
-        let described = match ctx
+        let Some(described) = ctx
             .aws
             .ecr
             .describe_repositories()
-            .repository_names(name)
+            .repository_names(ctx.name())
             .send()
             .await
-            .context(resource(name), "ecr:DescribeRepositories")
-        {
-            Err(e) if e.is_not_found() => return Ok(None),
-            other => other?,
+            .context(ctx.id, "ecr:DescribeRepositories")
+            .optional()?
+        else {
+            return Ok(None);
         };
         let Some(repository) = described
             .repositories()
             .iter()
-            .find(|r| r.repository_name() == Some(name))
+            .find(|r| r.repository_name() == Some(ctx.name()))
         else {
             return Ok(None);
         };
-        let policy = match ctx
+        let policy = ctx
             .aws
             .ecr
             .get_repository_policy()
-            .repository_name(name)
+            .repository_name(ctx.name())
             .send()
             .await
-            .context(resource(name), "ecr:GetRepositoryPolicy")
-        {
-            Err(e) if e.is_not_found() => Value::Null,
-            other => other?
-                .policy_text()
-                .map(parse_policy)
-                .unwrap_or(Value::Null),
-        };
+            .context(ctx.id, "ecr:GetRepositoryPolicy")
+            .optional()?
+            .and_then(|out| out.policy_text().map(parse_policy))
+            .unwrap_or(Value::Null);
         let outputs = Self::outputs(repository);
         let tags = ctx
             .aws
@@ -141,8 +151,9 @@ impl Driver for Repositories {
             .resource_arn(outputs.arn.clone().unwrap_or_default())
             .send()
             .await
-            .context(resource(name), "ecr:ListTagsForResource")?;
+            .context(ctx.id, "ecr:ListTagsForResource")?;
         Ok(Some(Observed {
+            parent_owner: None,
             spec: RepositorySpec {
                 scan_on_push: repository
                     .image_scanning_configuration()
@@ -166,15 +177,14 @@ impl Driver for Repositories {
     async fn create(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &RepositorySpec,
         tags: &Tags,
-    ) -> Result<Outputs, AwsError> {
+    ) -> Result<Outputs, DriverError> {
         let created = ctx
             .aws
             .ecr
             .create_repository()
-            .repository_name(name)
+            .repository_name(ctx.name())
             .image_scanning_configuration(
                 ImageScanningConfiguration::builder()
                     .scan_on_push(desired.scan_on_push)
@@ -183,14 +193,14 @@ impl Driver for Repositories {
             .image_tag_mutability(ImageTagMutability::from(desired.tag_mutability.as_str()))
             .set_tags(
                 (!tags.is_empty())
-                    .then(|| aws_tags(name, tags))
+                    .then(|| aws_tags(ctx, tags))
                     .transpose()?,
             )
             .send()
             .await
-            .context(resource(name), "ecr:CreateRepository")?;
+            .context(ctx.id, "ecr:CreateRepository")?;
         if !desired.policy.is_null() {
-            Self::put_policy(ctx, name, &desired.policy).await?;
+            Self::put_policy(ctx, &desired.policy).await?;
         }
         Ok(created.repository().map(Self::outputs).unwrap_or_default())
     }
@@ -198,17 +208,16 @@ impl Driver for Repositories {
     async fn update(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &RepositorySpec,
         tags: &Tags,
         observed: &Observed<RepositorySpec>,
         changes: &Changes,
-    ) -> Result<Outputs, AwsError> {
+    ) -> Result<Outputs, DriverError> {
         if changes.touches("scanOnPush") {
             ctx.aws
                 .ecr
                 .put_image_scanning_configuration()
-                .repository_name(name)
+                .repository_name(ctx.name())
                 .image_scanning_configuration(
                     ImageScanningConfiguration::builder()
                         .scan_on_push(desired.scan_on_push)
@@ -216,44 +225,24 @@ impl Driver for Repositories {
                 )
                 .send()
                 .await
-                .context(resource(name), "ecr:PutImageScanningConfiguration")?;
+                .context(ctx.id, "ecr:PutImageScanningConfiguration")?;
         }
         if changes.touches("tagMutability") {
             ctx.aws
                 .ecr
                 .put_image_tag_mutability()
-                .repository_name(name)
+                .repository_name(ctx.name())
                 .image_tag_mutability(ImageTagMutability::from(desired.tag_mutability.as_str()))
                 .send()
                 .await
-                .context(resource(name), "ecr:PutImageTagMutability")?;
+                .context(ctx.id, "ecr:PutImageTagMutability")?;
         }
         if changes.touches("policy") {
-            Self::put_policy(ctx, name, &desired.policy).await?;
+            Self::put_policy(ctx, &desired.policy).await?;
         }
         if changes.touches("tags") {
             let arn = observed.outputs.arn.clone().unwrap_or_default();
-            let (set, remove) = tag_delta(tags, &observed.tags);
-            if !set.is_empty() {
-                ctx.aws
-                    .ecr
-                    .tag_resource()
-                    .resource_arn(&arn)
-                    .set_tags(Some(aws_tags(name, &set)?))
-                    .send()
-                    .await
-                    .context(resource(name), "ecr:TagResource")?;
-            }
-            if !remove.is_empty() {
-                ctx.aws
-                    .ecr
-                    .untag_resource()
-                    .resource_arn(&arn)
-                    .set_tag_keys(Some(remove))
-                    .send()
-                    .await
-                    .context(resource(name), "ecr:UntagResource")?;
-            }
+            sync_tags(self, ctx, &arn, tags, &observed.tags).await?;
         }
         Ok(observed.outputs.clone())
     }
@@ -261,22 +250,18 @@ impl Driver for Repositories {
     async fn delete(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         _observed: &Observed<RepositorySpec>,
     ) -> Result<(), AwsError> {
         // force: the images go with the repository (they are rebuilt from source, not data).
-        match ctx
-            .aws
+        ctx.aws
             .ecr
             .delete_repository()
-            .repository_name(name)
+            .repository_name(ctx.name())
             .force(true)
             .send()
             .await
-            .context(resource(name), "ecr:DeleteRepository")
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other.map(|_| ()),
-        }
+            .context(ctx.id, "ecr:DeleteRepository")
+            .optional()?;
+        Ok(())
     }
 }

@@ -5,22 +5,22 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use aws_sdk_lambda::client::Waiters;
 use aws_sdk_lambda::types::{
-    Architecture, DeadLetterConfig, Environment, FunctionCode, LastUpdateStatus, PackageType,
-    State, TracingConfig, TracingMode,
+    Architecture, DeadLetterConfig, Environment, FunctionCode, PackageType, TracingConfig,
+    TracingMode,
 };
-use backon::{ExponentialBuilder, Retryable};
 
-use crate::aws::{AwsError, ResultExt};
+use crate::aws::{AwsError, Optional, ResultExt};
+use crate::desired::arns::Arn;
 use crate::desired::{FunctionSpec, Tags};
 
-use super::{tag_delta, user_tags, Changes, Ctx, Driver, Observed, Outputs};
+use super::{
+    ecr, sync_tags, user_tags, waited, while_role_propagates, Changes, Ctx, Driver, DriverError,
+    Observed, Outputs, TagApi, WaitReason, ROLE_PROPAGATION,
+};
 
 pub struct Functions;
-
-fn resource(name: &str) -> String {
-    format!("Function {name}")
-}
 
 /// Configuration fields that one `UpdateFunctionConfiguration` call sets (serde names).
 const CONFIG_FIELDS: [&str; 6] = [
@@ -32,136 +32,79 @@ const CONFIG_FIELDS: [&str; 6] = [
     "deadLetterTargetArn",
 ];
 
-/// How often and how long to poll a function until it is ready (ministack is Pending for ~0.5 s; AWS
-/// takes seconds to pull an image).
-const POLL_INTERVAL: Duration = Duration::from_millis(250);
-const POLL_LIMIT: Duration = Duration::from_secs(60);
-
-/// Backoff for calls that fail while a role created a moment ago is not yet assumable by Lambda
-/// (IAM is eventually consistent): about 30 s in all.
-fn role_backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(5))
-        .with_max_times(10)
-        .with_total_delay(Some(Duration::from_secs(30)))
-        .with_jitter()
-}
-
-/// Whether a failed create/update may succeed if simply retried: a role not yet assumable, throttling.
-/// `ResourceConflictException` is excluded: on create it means the function already exists.
-fn retryable(e: &AwsError) -> bool {
-    e.is_transient() && e.code.as_deref() != Some("ResourceConflictException")
-}
-
-/// The unqualified function ARN (`…:function:name`, without a version or alias).
-fn unqualified(arn: &str) -> String {
-    arn.split(':').take(7).collect::<Vec<_>>().join(":")
-}
+/// How long to wait for a function to become Active or finish an update (AWS takes seconds to pull an
+/// image; ministack is Pending for ~0.5 s).
+const READY_LIMIT: Duration = Duration::from_secs(60);
 
 impl Functions {
-    fn arn(ctx: &Ctx<'_>, name: &str) -> String {
-        format!(
-            "arn:{}:lambda:{}:{}:function:{name}",
-            ctx.aws.partition, ctx.aws.region, ctx.aws.account_id
-        )
+    fn outputs(ctx: &Ctx<'_>, arn: Option<&str>) -> Outputs {
+        Outputs {
+            arn: Some(
+                arn.and_then(Arn::parse)
+                    .map(|a| a.unqualified())
+                    .unwrap_or_else(|| ctx.arns().function(ctx.name())),
+            ),
+            ..Default::default()
+        }
     }
 
     /// When the image lives in the stack's repository, it must be pushed before the function uses it.
-    /// ECR answers a missing tag with `ImageNotFoundException` (some emulators: an empty list).
-    async fn require_image(
-        ctx: &Ctx<'_>,
-        name: &str,
-        desired: &FunctionSpec,
-    ) -> Result<(), AwsError> {
+    async fn require_image(ctx: &Ctx<'_>, desired: &FunctionSpec) -> Result<(), DriverError> {
         let Some(image) = &desired.image_in_repository else {
             return Ok(());
         };
-        let found = match ctx
-            .aws
-            .ecr
-            .describe_images()
-            .repository_name(&image.repository)
-            .image_ids(
-                aws_sdk_ecr::types::ImageIdentifier::builder()
-                    .image_tag(&image.tag)
-                    .build(),
-            )
-            .send()
-            .await
-            .context(resource(name), "ecr:DescribeImages")
-        {
-            Ok(out) => !out.image_details().is_empty(),
-            Err(e) if e.is_not_found() => false,
-            Err(e) => return Err(e),
-        };
-        if found {
+        if ecr::image_exists(ctx, &image.repository, &image.tag).await? {
             return Ok(());
         }
-        Err(AwsError::waiting(
-            resource(name),
-            "ecr:DescribeImages",
-            format!(
-                "push image {} (repository {}, tag {}) to ECR; the pipeline continues once it is there",
-                desired.image_uri, image.repository, image.tag
-            ),
-        ))
+        Err(DriverError::Wait(WaitReason::Image {
+            uri: desired.image_uri.clone(),
+            repository: image.repository.clone(),
+            tag: image.tag.clone(),
+        }))
     }
 
-    /// Polls until the function is Active and no update is in progress (bounded).
-    async fn wait_ready(ctx: &Ctx<'_>, name: &str) -> Result<(), AwsError> {
-        let deadline = tokio::time::Instant::now() + POLL_LIMIT;
-        loop {
-            let conf = ctx
-                .aws
+    /// Waits (bounded) until the function is Active.
+    async fn wait_active(ctx: &Ctx<'_>) -> Result<(), AwsError> {
+        waited(
+            ctx.aws
                 .lambda
-                .get_function_configuration()
-                .function_name(name)
-                .send()
-                .await
-                .context(resource(name), "lambda:GetFunctionConfiguration")?;
-            let state = conf.state().cloned();
-            let update = conf.last_update_status().cloned();
-            if state == Some(State::Failed) {
-                return Err(AwsError::terminal(
-                    resource(name),
-                    "lambda:GetFunctionConfiguration",
-                    format!(
-                        "the function failed to become active: {}",
-                        conf.state_reason().unwrap_or("no reason given")
-                    ),
-                ));
-            }
-            if update == Some(LastUpdateStatus::Failed) {
-                return Err(AwsError::terminal(
-                    resource(name),
-                    "lambda:GetFunctionConfiguration",
-                    format!(
-                        "the last update failed: {}",
-                        conf.last_update_status_reason()
-                            .unwrap_or("no reason given")
-                    ),
-                ));
-            }
-            let active = matches!(state, None | Some(State::Active));
-            let settled = !matches!(update, Some(LastUpdateStatus::InProgress));
-            if active && settled {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(AwsError::transient(
-                    resource(name),
-                    "lambda:GetFunctionConfiguration",
-                    format!(
-                        "not ready after {} s (state {}, last update {})",
-                        POLL_LIMIT.as_secs(),
-                        state.as_ref().map_or("unknown", |s| s.as_str()),
-                        update.as_ref().map_or("unknown", |u| u.as_str())
-                    ),
-                ));
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+                .wait_until_function_active_v2()
+                .function_name(ctx.name())
+                .wait(READY_LIMIT)
+                .await,
+            ctx.id,
+            "lambda:GetFunction",
+            READY_LIMIT,
+            |out| {
+                let reason = out
+                    .configuration()
+                    .and_then(|c| c.state_reason())
+                    .unwrap_or("no reason given");
+                format!("the function failed to become active: {reason}")
+            },
+        )
+    }
+
+    /// Waits (bounded) until no update is in progress, so the next one gets no 409.
+    async fn wait_updated(ctx: &Ctx<'_>) -> Result<(), AwsError> {
+        waited(
+            ctx.aws
+                .lambda
+                .wait_until_function_updated_v2()
+                .function_name(ctx.name())
+                .wait(READY_LIMIT)
+                .await,
+            ctx.id,
+            "lambda:GetFunction",
+            READY_LIMIT,
+            |out| {
+                let reason = out
+                    .configuration()
+                    .and_then(|c| c.last_update_status_reason())
+                    .unwrap_or("no reason given");
+                format!("the last update failed: {reason}")
+            },
+        )
     }
 
     fn environment(desired: &FunctionSpec) -> Environment {
@@ -177,6 +120,44 @@ impl Functions {
             .map(|a| Architecture::from(a.as_str()))
             .collect()
     }
+
+    fn tracing(desired: &FunctionSpec) -> TracingConfig {
+        TracingConfig::builder()
+            .mode(TracingMode::from(desired.tracing_mode.as_str()))
+            .build()
+    }
+
+    fn dead_letter(desired: &FunctionSpec) -> DeadLetterConfig {
+        DeadLetterConfig::builder()
+            .target_arn(&desired.dead_letter_target_arn)
+            .build()
+    }
+}
+
+impl TagApi for Functions {
+    async fn tag(&self, ctx: &Ctx<'_>, arn: &str, tags: Tags) -> Result<(), AwsError> {
+        ctx.aws
+            .lambda
+            .tag_resource()
+            .resource(arn)
+            .set_tags(Some(tags.into_iter().collect()))
+            .send()
+            .await
+            .context(ctx.id, "lambda:TagResource")?;
+        Ok(())
+    }
+
+    async fn untag(&self, ctx: &Ctx<'_>, arn: &str, keys: Vec<String>) -> Result<(), AwsError> {
+        ctx.aws
+            .lambda
+            .untag_resource()
+            .resource(arn)
+            .set_tag_keys(Some(keys))
+            .send()
+            .await
+            .context(ctx.id, "lambda:UntagResource")?;
+        Ok(())
+    }
 }
 
 impl Driver for Functions {
@@ -185,25 +166,23 @@ impl Driver for Functions {
     async fn observe(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &FunctionSpec,
     ) -> Result<Option<Observed<FunctionSpec>>, AwsError> {
-        let out = match ctx
+        let Some(out) = ctx
             .aws
             .lambda
             .get_function()
-            .function_name(name)
+            .function_name(ctx.name())
             .send()
             .await
-            .context(resource(name), "lambda:GetFunction")
-        {
-            Ok(out) => out,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e),
+            .context(ctx.id, "lambda:GetFunction")
+            .optional()?
+        else {
+            return Ok(None);
         };
         let Some(conf) = out.configuration() else {
             return Err(AwsError::terminal(
-                resource(name),
+                ctx.id,
                 "lambda:GetFunction",
                 "the answer has no configuration",
             ));
@@ -246,33 +225,26 @@ impl Driver for Functions {
             // A driver input, not a managed field.
             image_in_repository: desired.image_in_repository.clone(),
         };
-        let arn = conf
-            .function_arn()
-            .map(unqualified)
-            .unwrap_or_else(|| Self::arn(ctx, name));
         Ok(Some(Observed {
+            parent_owner: None,
             spec,
             tags: user_tags(out.tags().cloned().unwrap_or_default()),
-            outputs: Outputs {
-                arn: Some(arn),
-                ..Default::default()
-            },
+            outputs: Self::outputs(ctx, conf.function_arn()),
         }))
     }
 
     async fn create(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &FunctionSpec,
         tags: &Tags,
-    ) -> Result<Outputs, AwsError> {
-        Self::require_image(ctx, name, desired).await?;
+    ) -> Result<Outputs, DriverError> {
+        Self::require_image(ctx, desired).await?;
         let create = || async {
             ctx.aws
                 .lambda
                 .create_function()
-                .function_name(name)
+                .function_name(ctx.name())
                 .package_type(PackageType::Image)
                 .code(
                     FunctionCode::builder()
@@ -284,67 +256,50 @@ impl Driver for Functions {
                 .timeout(desired.timeout_seconds)
                 .set_architectures(Some(Self::architectures(desired)))
                 .environment(Self::environment(desired))
-                .tracing_config(
-                    TracingConfig::builder()
-                        .mode(TracingMode::from(desired.tracing_mode.as_str()))
-                        .build(),
-                )
-                .dead_letter_config(
-                    DeadLetterConfig::builder()
-                        .target_arn(&desired.dead_letter_target_arn)
-                        .build(),
-                )
+                .tracing_config(Self::tracing(desired))
+                .dead_letter_config(Self::dead_letter(desired))
                 .set_tags(Some(tags.clone().into_iter().collect()))
                 .send()
                 .await
-                .context(resource(name), "lambda:CreateFunction")
+                .context(ctx.id, "lambda:CreateFunction")
         };
-        let out = create.retry(role_backoff()).when(retryable).await?;
-        Self::wait_ready(ctx, name).await?;
-        let arn = out
-            .function_arn()
-            .map(unqualified)
-            .unwrap_or_else(|| Self::arn(ctx, name));
-        Ok(Outputs {
-            arn: Some(arn),
-            ..Default::default()
-        })
+        let out = while_role_propagates(ROLE_PROPAGATION, create).await?;
+        Self::wait_active(ctx).await?;
+        Ok(Self::outputs(ctx, out.function_arn()))
     }
 
     async fn update(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &FunctionSpec,
         tags: &Tags,
         observed: &Observed<FunctionSpec>,
         changes: &Changes,
-    ) -> Result<Outputs, AwsError> {
+    ) -> Result<Outputs, DriverError> {
         if changes.touches_any(&["imageUri", "architectures"]) {
             if changes.touches("imageUri") {
-                Self::require_image(ctx, name, desired).await?;
+                Self::require_image(ctx, desired).await?;
             }
             // A previous update may still be in progress.
-            Self::wait_ready(ctx, name).await?;
+            Self::wait_updated(ctx).await?;
             ctx.aws
                 .lambda
                 .update_function_code()
-                .function_name(name)
+                .function_name(ctx.name())
                 .image_uri(&desired.image_uri)
                 .set_architectures(Some(Self::architectures(desired)))
                 .send()
                 .await
-                .context(resource(name), "lambda:UpdateFunctionCode")?;
-            Self::wait_ready(ctx, name).await?;
+                .context(ctx.id, "lambda:UpdateFunctionCode")?;
         }
         if changes.touches_any(&CONFIG_FIELDS) {
-            Self::wait_ready(ctx, name).await?;
+            Self::wait_updated(ctx).await?;
             let update = || async {
                 let mut call = ctx
                     .aws
                     .lambda
                     .update_function_configuration()
-                    .function_name(name);
+                    .function_name(ctx.name());
                 if changes.touches("roleArn") {
                     call = call.role(&desired.role_arn);
                 }
@@ -358,54 +313,25 @@ impl Driver for Functions {
                     call = call.environment(Self::environment(desired));
                 }
                 if changes.touches("tracingMode") {
-                    call = call.tracing_config(
-                        TracingConfig::builder()
-                            .mode(TracingMode::from(desired.tracing_mode.as_str()))
-                            .build(),
-                    );
+                    call = call.tracing_config(Self::tracing(desired));
                 }
                 if changes.touches("deadLetterTargetArn") {
-                    call = call.dead_letter_config(
-                        DeadLetterConfig::builder()
-                            .target_arn(&desired.dead_letter_target_arn)
-                            .build(),
-                    );
+                    call = call.dead_letter_config(Self::dead_letter(desired));
                 }
                 call.send()
                     .await
-                    .context(resource(name), "lambda:UpdateFunctionConfiguration")
+                    .context(ctx.id, "lambda:UpdateFunctionConfiguration")
             };
             // A new role may not be assumable yet.
-            update.retry(role_backoff()).when(retryable).await?;
-            Self::wait_ready(ctx, name).await?;
+            while_role_propagates(ROLE_PROPAGATION, update).await?;
         }
         if changes.touches("tags") {
-            let arn = observed
-                .outputs
-                .arn
-                .clone()
-                .unwrap_or_else(|| Self::arn(ctx, name));
-            let (set, remove) = tag_delta(tags, &observed.tags);
-            if !set.is_empty() {
-                ctx.aws
-                    .lambda
-                    .tag_resource()
-                    .resource(&arn)
-                    .set_tags(Some(set.into_iter().collect()))
-                    .send()
-                    .await
-                    .context(resource(name), "lambda:TagResource")?;
-            }
-            if !remove.is_empty() {
-                ctx.aws
-                    .lambda
-                    .untag_resource()
-                    .resource(&arn)
-                    .set_tag_keys(Some(remove))
-                    .send()
-                    .await
-                    .context(resource(name), "lambda:UntagResource")?;
-            }
+            let arn = observed.outputs.arn.clone().unwrap_or_default();
+            sync_tags(self, ctx, &arn, tags, &observed.tags).await?;
+        }
+        // The next update, or the state machine using the function, must not meet an update in progress.
+        if changes.top_fields().iter().any(|f| *f != "tags") {
+            Self::wait_updated(ctx).await?;
         }
         Ok(observed.outputs.clone())
     }
@@ -413,37 +339,16 @@ impl Driver for Functions {
     async fn delete(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         _observed: &Observed<FunctionSpec>,
     ) -> Result<(), AwsError> {
-        match ctx
-            .aws
+        ctx.aws
             .lambda
             .delete_function()
-            .function_name(name)
+            .function_name(ctx.name())
             .send()
             .await
-            .context(resource(name), "lambda:DeleteFunction")
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other.map(|_| ()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unqualified_arn_drops_version_or_alias() {
-        assert_eq!(
-            unqualified("arn:aws:lambda:us-east-1:123456789012:function:f:$LATEST"),
-            "arn:aws:lambda:us-east-1:123456789012:function:f"
-        );
-        assert_eq!(
-            unqualified("arn:aws:lambda:us-east-1:123456789012:function:f"),
-            "arn:aws:lambda:us-east-1:123456789012:function:f"
-        );
+            .context(ctx.id, "lambda:DeleteFunction")
+            .optional()?;
+        Ok(())
     }
 }

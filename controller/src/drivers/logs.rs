@@ -1,22 +1,60 @@
 //! CloudWatch Logs log groups: retention and tags.
 
-use crate::aws::{AwsError, ResultExt};
+use crate::aws::{AwsError, Optional, ResultExt};
 use crate::desired::{LogGroupSpec, Tags};
 
-use super::{tag_delta, user_tags, Changes, Ctx, Driver, Observed, Outputs};
+use super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs, TagApi};
 
 pub struct LogGroups;
 
-fn resource(name: &str) -> String {
-    format!("LogGroup {name}")
+impl LogGroups {
+    fn arn(ctx: &Ctx<'_>) -> String {
+        ctx.arns().log_group(ctx.name())
+    }
+
+    fn outputs(ctx: &Ctx<'_>) -> Outputs {
+        Outputs {
+            arn: Some(Self::arn(ctx)),
+            ..Default::default()
+        }
+    }
+
+    async fn put_retention(ctx: &Ctx<'_>, desired: &LogGroupSpec) -> Result<(), AwsError> {
+        ctx.aws
+            .logs
+            .put_retention_policy()
+            .log_group_name(ctx.name())
+            .retention_in_days(desired.retention_days)
+            .send()
+            .await
+            .context(ctx.id, "logs:PutRetentionPolicy")?;
+        Ok(())
+    }
 }
 
-impl LogGroups {
-    fn arn(ctx: &Ctx<'_>, name: &str) -> String {
-        format!(
-            "arn:{}:logs:{}:{}:log-group:{name}",
-            ctx.aws.partition, ctx.aws.region, ctx.aws.account_id
-        )
+impl TagApi for LogGroups {
+    async fn tag(&self, ctx: &Ctx<'_>, arn: &str, tags: Tags) -> Result<(), AwsError> {
+        ctx.aws
+            .logs
+            .tag_resource()
+            .resource_arn(arn)
+            .set_tags(Some(tags.into_iter().collect()))
+            .send()
+            .await
+            .context(ctx.id, "logs:TagResource")?;
+        Ok(())
+    }
+
+    async fn untag(&self, ctx: &Ctx<'_>, arn: &str, keys: Vec<String>) -> Result<(), AwsError> {
+        ctx.aws
+            .logs
+            .untag_resource()
+            .resource_arn(arn)
+            .set_tag_keys(Some(keys))
+            .send()
+            .await
+            .context(ctx.id, "logs:UntagResource")?;
+        Ok(())
     }
 }
 
@@ -26,137 +64,89 @@ impl Driver for LogGroups {
     async fn observe(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         _desired: &LogGroupSpec,
     ) -> Result<Option<Observed<LogGroupSpec>>, AwsError> {
         let page = ctx
             .aws
             .logs
             .describe_log_groups()
-            .log_group_name_prefix(name)
+            .log_group_name_prefix(ctx.name())
             .send()
             .await
-            .context(resource(name), "logs:DescribeLogGroups")?;
+            .context(ctx.id, "logs:DescribeLogGroups")?;
         let Some(group) = page
             .log_groups()
             .iter()
-            .find(|g| g.log_group_name() == Some(name))
+            .find(|g| g.log_group_name() == Some(ctx.name()))
         else {
             return Ok(None);
         };
-        let arn = Self::arn(ctx, name);
         let tags = ctx
             .aws
             .logs
             .list_tags_for_resource()
-            .resource_arn(&arn)
+            .resource_arn(Self::arn(ctx))
             .send()
             .await
-            .context(resource(name), "logs:ListTagsForResource")?;
+            .context(ctx.id, "logs:ListTagsForResource")?;
         Ok(Some(Observed {
+            parent_owner: None,
             spec: LogGroupSpec {
                 retention_days: group.retention_in_days().unwrap_or(0),
             },
             tags: user_tags(tags.tags().cloned().unwrap_or_default()),
-            outputs: Outputs {
-                arn: Some(arn),
-                ..Default::default()
-            },
+            outputs: Self::outputs(ctx),
         }))
     }
 
     async fn create(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &LogGroupSpec,
         tags: &Tags,
-    ) -> Result<Outputs, AwsError> {
+    ) -> Result<Outputs, DriverError> {
         ctx.aws
             .logs
             .create_log_group()
-            .log_group_name(name)
+            .log_group_name(ctx.name())
             .set_tags(Some(tags.clone().into_iter().collect()))
             .send()
             .await
-            .context(resource(name), "logs:CreateLogGroup")?;
-        ctx.aws
-            .logs
-            .put_retention_policy()
-            .log_group_name(name)
-            .retention_in_days(desired.retention_days)
-            .send()
-            .await
-            .context(resource(name), "logs:PutRetentionPolicy")?;
-        Ok(Outputs {
-            arn: Some(Self::arn(ctx, name)),
-            ..Default::default()
-        })
+            .context(ctx.id, "logs:CreateLogGroup")?;
+        Self::put_retention(ctx, desired).await?;
+        Ok(Self::outputs(ctx))
     }
 
     async fn update(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &LogGroupSpec,
         tags: &Tags,
         observed: &Observed<LogGroupSpec>,
         changes: &Changes,
-    ) -> Result<Outputs, AwsError> {
+    ) -> Result<Outputs, DriverError> {
         if changes.touches("retentionDays") {
-            ctx.aws
-                .logs
-                .put_retention_policy()
-                .log_group_name(name)
-                .retention_in_days(desired.retention_days)
-                .send()
-                .await
-                .context(resource(name), "logs:PutRetentionPolicy")?;
+            Self::put_retention(ctx, desired).await?;
         }
         if changes.touches("tags") {
-            let arn = Self::arn(ctx, name);
-            let (set, remove) = tag_delta(tags, &observed.tags);
-            if !set.is_empty() {
-                ctx.aws
-                    .logs
-                    .tag_resource()
-                    .resource_arn(&arn)
-                    .set_tags(Some(set.into_iter().collect()))
-                    .send()
-                    .await
-                    .context(resource(name), "logs:TagResource")?;
-            }
-            if !remove.is_empty() {
-                ctx.aws
-                    .logs
-                    .untag_resource()
-                    .resource_arn(&arn)
-                    .set_tag_keys(Some(remove))
-                    .send()
-                    .await
-                    .context(resource(name), "logs:UntagResource")?;
-            }
+            sync_tags(self, ctx, &Self::arn(ctx), tags, &observed.tags).await?;
         }
-        Ok(observed.outputs.clone())
+        Ok(Self::outputs(ctx))
     }
 
     async fn delete(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         _observed: &Observed<LogGroupSpec>,
     ) -> Result<(), AwsError> {
-        match ctx
-            .aws
+        ctx.aws
             .logs
             .delete_log_group()
-            .log_group_name(name)
+            .log_group_name(ctx.name())
             .send()
             .await
-            .context(resource(name), "logs:DeleteLogGroup")
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other.map(|_| ()),
-        }
+            .context(ctx.id, "logs:DeleteLogGroup")
+            .optional()?;
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ pub mod ecr;
 pub mod iam;
 pub mod lambda;
 pub mod logs;
+pub mod permission;
 pub mod s3;
 pub mod sfn;
 pub mod sns;
@@ -18,12 +19,14 @@ pub mod sqs;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::aws::{Aws, AwsError};
-use crate::desired::{ResourceId, Tags};
+use crate::desired::arns::Arns;
+use crate::desired::{Kind, ResourceId, Tags, OWNER_TAG};
 
 /// A value that must never reach logs, status or events (the API key).
 #[derive(Clone, PartialEq, Eq)]
@@ -40,12 +43,10 @@ impl fmt::Debug for SecretValue {
 pub struct Outputs {
     /// ARN (or, for resources without one, the most useful identifier).
     pub arn: Option<String>,
-    /// Server-assigned id (REST API id, usage plan id).
+    /// Server-assigned id (REST API id, usage plan id, API key id).
     pub id: Option<String>,
     /// URL (queue URL, API endpoint, repository URI).
     pub url: Option<String>,
-    /// Anything else, by name (e.g. `apiKeyId`).
-    pub extra: BTreeMap<String, String>,
     /// Secret material (the API key value), delivered to a Kubernetes Secret only.
     pub secret: Option<SecretValue>,
 }
@@ -54,9 +55,32 @@ pub struct Outputs {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed<S> {
     pub spec: S,
-    /// Tags, without AWS-reserved `aws:` keys.
+    /// The resource's own tags, without AWS-reserved `aws:` keys.
     pub tags: Tags,
+    /// For a resource that lives inside another one and has no tags of its own to prove ownership (a
+    /// policy statement in a function, a stage of an API): the owner tag of that parent.
+    pub parent_owner: Option<String>,
     pub outputs: Outputs,
+}
+
+impl<S> Observed<S> {
+    pub fn new(spec: S, tags: Tags, outputs: Outputs) -> Self {
+        Self {
+            spec,
+            tags,
+            parent_owner: None,
+            outputs,
+        }
+    }
+
+    /// The pipeline that owns the resource (`namespace/name`), if any: its own ownership tag, else its
+    /// parent's.
+    pub fn owner(&self) -> Option<&str> {
+        self.tags
+            .get(OWNER_TAG)
+            .or(self.parent_owner.as_ref())
+            .map(String::as_str)
+    }
 }
 
 /// One field that differs between desired and observed.
@@ -100,16 +124,73 @@ impl Changes {
     }
 }
 
-/// What every driver call can see besides its own resource.
+/// Why a resource cannot be created or updated yet, though nothing failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitReason {
+    /// A function's image is not in the stack's ECR repository yet: someone has to push it.
+    Image {
+        uri: String,
+        repository: String,
+        tag: String,
+    },
+    /// A resource this one depends on is not usable yet.
+    Dependency { id: ResourceId, why: String },
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::Image {
+                uri,
+                repository,
+                tag,
+            } => write!(
+                f,
+                "push image {uri} (repository {repository}, tag {tag}) to ECR; the pipeline continues once it is there"
+            ),
+            WaitReason::Dependency { id, why } => write!(f, "waiting for {id} ({why})"),
+        }
+    }
+}
+
+/// Why a create or update did not happen: an AWS call failed, or a prerequisite is not there yet.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error("{0}")]
+    Wait(WaitReason),
+}
+
+/// What every driver call can see besides its own resource's spec.
 pub struct Ctx<'a> {
     pub aws: &'a Aws,
+    /// The resource the call is about; errors name it.
+    pub id: &'a ResourceId,
+    /// `namespace/name` of the pipeline the walk is for: among several same-named resources (API Gateway
+    /// does not keep names unique), the one it owns is the one meant.
+    pub owner: &'a str,
     /// Outputs of the resources this one depends on (converged earlier in the same walk).
     pub deps: &'a BTreeMap<ResourceId, Outputs>,
 }
 
 impl Ctx<'_> {
+    /// The resource's AWS name.
+    pub fn name(&self) -> &str {
+        &self.id.name
+    }
+
+    /// ARNs and endpoints in the account, region and partition the clients act in.
+    pub fn arns(&self) -> Arns {
+        Arns {
+            partition: self.aws.partition.clone(),
+            region: self.aws.region.clone(),
+            account_id: self.aws.account_id.clone(),
+        }
+    }
+
     /// The outputs of a dependency of the given kind and name, if it converged.
-    pub fn dep(&self, kind: crate::desired::Kind, name: &str) -> Option<&Outputs> {
+    pub fn dep(&self, kind: Kind, name: &str) -> Option<&Outputs> {
         self.deps.get(&ResourceId {
             kind,
             name: name.to_string(),
@@ -121,11 +202,10 @@ impl Ctx<'_> {
 pub trait Driver: Sync {
     type Spec: Serialize + Clone + PartialEq + fmt::Debug + Send + Sync;
 
-    /// Reads the resource named `name`; `Ok(None)` when it does not exist. Read calls only.
+    /// Reads the resource `ctx.id`; `Ok(None)` when it does not exist. Read calls only.
     fn observe(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &Self::Spec,
     ) -> impl Future<Output = Result<Option<Observed<Self::Spec>>, AwsError>> + Send;
 
@@ -133,29 +213,62 @@ pub trait Driver: Sync {
     fn create(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &Self::Spec,
         tags: &Tags,
-    ) -> impl Future<Output = Result<Outputs, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Outputs, DriverError>> + Send;
 
     /// Rewrites the drifted fields (`changes`, never empty), tags included; nothing else.
     fn update(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &Self::Spec,
         tags: &Tags,
         observed: &Observed<Self::Spec>,
         changes: &Changes,
-    ) -> impl Future<Output = Result<Outputs, AwsError>> + Send;
+    ) -> impl Future<Output = Result<Outputs, DriverError>> + Send;
 
     /// Deletes the resource (already proven ours). Not-found is success.
     fn delete(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         observed: &Observed<Self::Spec>,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// A service's tag and untag calls on one resource (`target`: its ARN, URL or name, as the API wants).
+pub trait TagApi: Sync {
+    fn tag(
+        &self,
+        ctx: &Ctx<'_>,
+        target: &str,
+        tags: Tags,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+
+    fn untag(
+        &self,
+        ctx: &Ctx<'_>,
+        target: &str,
+        keys: Vec<String>,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// Brings a resource's tags from `observed` to `desired`: one tag call for what is missing or different,
+/// one untag call for what is not desired; no call for a side with nothing to do.
+pub async fn sync_tags(
+    api: &impl TagApi,
+    ctx: &Ctx<'_>,
+    target: &str,
+    desired: &Tags,
+    observed: &Tags,
+) -> Result<(), AwsError> {
+    let (set, remove) = tag_delta(desired, observed);
+    if !set.is_empty() {
+        api.tag(ctx, target, set).await?;
+    }
+    if !remove.is_empty() {
+        api.untag(ctx, target, remove).await?;
+    }
+    Ok(())
 }
 
 /// Field-by-field difference between a desired and an observed value, as JSON: objects are compared key
@@ -228,34 +341,133 @@ pub fn user_tags(tags: impl IntoIterator<Item = (String, String)>) -> Tags {
         .collect()
 }
 
-/// Parses a policy document as AWS returns it (possibly URL-encoded, as IAM does) into normalised JSON:
-/// key order is irrelevant once parsed, and single-element arrays are unwrapped where AWS allows either
-/// form (`"Action": ["s3:GetObject"]` ≡ `"Action": "s3:GetObject"`).
-pub fn parse_policy(text: &str) -> Value {
-    let decoded = if text.trim_start().starts_with('%') || text.contains("%22") {
-        urlencoding::decode(text)
-            .map(|s| s.into_owned())
-            .unwrap_or_else(|_| text.to_string())
-    } else {
-        text.to_string()
-    };
-    normalise_policy(serde_json::from_str(&decoded).unwrap_or(Value::String(decoded)))
+/// Maps the outcome of an SDK waiter to the driver's error type: a failure state is terminal (AWS says
+/// the resource cannot get there), running out of time is transient (the next pass looks again).
+pub fn waited<O, E>(
+    result: Result<
+        aws_smithy_runtime_api::client::waiters::FinalPoll<
+            O,
+            aws_smithy_runtime_api::client::result::SdkError<
+                E,
+                aws_smithy_runtime_api::http::Response,
+            >,
+        >,
+        aws_smithy_runtime_api::client::waiters::error::WaiterError<O, E>,
+    >,
+    id: &ResourceId,
+    call: &str,
+    limit: Duration,
+    failure: impl FnOnce(&O) -> String,
+) -> Result<(), AwsError>
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata
+        + std::error::Error
+        + Send
+        + Sync
+        + 'static,
+{
+    use crate::aws::ResultExt;
+    use aws_smithy_runtime_api::client::waiters::error::WaiterError;
+    match result {
+        Ok(_) => Ok(()),
+        Err(WaiterError::ExceededMaxWait(_)) => Err(AwsError::transient(
+            id,
+            call,
+            format!("not ready after {} s", limit.as_secs()),
+        )),
+        Err(WaiterError::FailureState(state)) => {
+            let message = match state.final_poll().as_result() {
+                Ok(output) => failure(output),
+                Err(e) => format!("{e}"),
+            };
+            Err(AwsError::terminal(id, call, message))
+        }
+        Err(WaiterError::OperationFailed(failed)) => {
+            Err::<(), _>(failed.into_error()).context(id, call)
+        }
+        Err(other) => Err(AwsError::terminal(id, call, format!("{other}"))),
+    }
 }
 
-/// See [`parse_policy`]; also applied to desired policies so both sides have one form.
-pub fn normalise_policy(value: Value) -> Value {
-    match value {
-        Value::Array(items) if items.len() == 1 => {
-            normalise_policy(items.into_iter().next().expect("one item"))
+/// Polls `check` until it answers `Some`, backing off from 250 ms to 5 s, for at most `limit`; then a
+/// transient error saying what was still awaited (the next pass looks again). For states the SDK has no
+/// waiter for (DynamoDB index status).
+pub async fn poll<T, F, Fut>(
+    id: &ResourceId,
+    call: &str,
+    limit: Duration,
+    mut check: F,
+) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Result<T, String>, AwsError>>,
+{
+    use backon::Retryable;
+    let pending = std::sync::Mutex::new(String::new());
+    let attempt = || {
+        let next = check();
+        let pending = &pending;
+        async move {
+            match next.await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(state)) => {
+                    *pending.lock().expect("poll state") = state;
+                    Err(None)
+                }
+                Err(e) => Err(Some(e)),
+            }
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(normalise_policy).collect()),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k, normalise_policy(v)))
-                .collect(),
-        ),
-        other => other,
+    };
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(limit))
+        .without_max_times();
+    match attempt.retry(backoff).when(|e| e.is_none()).await {
+        Ok(value) => Ok(value),
+        Err(Some(e)) => Err(e),
+        Err(None) => Err(AwsError::transient(
+            id,
+            call,
+            format!(
+                "not ready after {} s: {}",
+                limit.as_secs(),
+                pending.lock().expect("poll state")
+            ),
+        )),
     }
+}
+
+/// How long a new role may take to become assumable before a driver hands back a transient error.
+pub const ROLE_PROPAGATION: Duration = Duration::from_secs(30);
+
+/// Runs `call`, retrying while the role it passes is not assumable yet (IAM propagation), for at most
+/// `window`; if it still is not, the error stays transient (the engine comes back later) and says so.
+pub async fn while_role_propagates<T, F, Fut>(window: Duration, call: F) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+{
+    use backon::Retryable;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay((window / 60).max(Duration::from_millis(10)))
+        .with_max_delay(window / 4)
+        .with_max_times(16)
+        .with_total_delay(Some(window))
+        .with_jitter();
+    call.retry(backoff)
+        .when(AwsError::is_role_propagation)
+        .await
+        .map_err(|mut e| {
+            if e.is_role_propagation() {
+                e.message = format!(
+                    "{} (still not assumable after {} s of retries; the role may be new)",
+                    e.message,
+                    window.as_secs()
+                );
+            }
+            e
+        })
 }
 
 #[cfg(test)]
@@ -278,13 +490,53 @@ mod tests {
         assert_eq!(out[2].actual, json!(256));
     }
 
-    #[test]
-    fn policies_compare_regardless_of_encoding_order_and_singletons() {
-        let ours = normalise_policy(
-            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/*"}]}),
+    fn not_assumable() -> AwsError {
+        AwsError {
+            resource: "StateMachine x".into(),
+            call: "states:CreateStateMachine".into(),
+            code: Some("AccessDeniedException".into()),
+            message: "is not authorized to assume the provided role".into(),
+            class: crate::aws::ErrorClass::Transient,
+        }
+    }
+
+    #[tokio::test]
+    async fn role_propagation_is_retried_within_a_bounded_window() {
+        let window = Duration::from_millis(600);
+        let mut attempts = 0;
+        let started = std::time::Instant::now();
+        let result: Result<(), AwsError> = while_role_propagates(window, || {
+            attempts += 1;
+            async { Err(not_assumable()) }
+        })
+        .await;
+        let e = result.expect_err("never assumable");
+        assert!(e.is_transient());
+        assert!(e.message.contains("still not assumable"), "{}", e.message);
+        assert!(attempts > 1, "retried");
+        assert!(
+            started.elapsed() <= window * 2,
+            "bounded: {:?}",
+            started.elapsed()
         );
-        let iam = parse_policy("%7B%22Statement%22%3A%5B%7B%22Resource%22%3A%22arn%3Aaws%3As3%3A%3A%3Ab%2F%2A%22%2C%22Action%22%3A%22s3%3AGetObject%22%2C%22Effect%22%3A%22Allow%22%7D%5D%2C%22Version%22%3A%222012-10-17%22%7D");
-        assert_eq!(ours, iam);
+    }
+
+    #[tokio::test]
+    async fn other_errors_are_not_retried_while_waiting_for_a_role() {
+        let mut attempts = 0;
+        let result: Result<(), AwsError> = while_role_propagates(ROLE_PROPAGATION, || {
+            attempts += 1;
+            async {
+                Err(AwsError::terminal(
+                    "StateMachine x",
+                    "states:CreateStateMachine",
+                    "bad",
+                ))
+            }
+        })
+        .await;
+        assert!(!result.expect_err("fails").is_transient());
+        assert_eq!(attempts, 1);
     }
 
     #[test]

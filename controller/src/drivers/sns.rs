@@ -9,29 +9,21 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_sns::types::{Subscription, Tag};
 
-use crate::aws::{AwsError, ResultExt};
+use crate::aws::{AwsError, Optional, ResultExt};
 use crate::desired::{Tags, TopicSpec};
 
-use super::{tag_delta, user_tags, Changes, Ctx, Driver, Observed, Outputs};
+use super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs, TagApi};
 
 pub struct Topics;
-
-fn resource(name: &str) -> String {
-    format!("Topic {name}")
-}
 
 const EMAIL: &str = "email";
 const PENDING: &str = "PendingConfirmation";
 
-fn aws_tags(name: &str, tags: &Tags) -> Result<Vec<Tag>, AwsError> {
+fn aws_tags(ctx: &Ctx<'_>, tags: &Tags) -> Result<Vec<Tag>, AwsError> {
     tags.iter()
         .map(|(k, v)| {
             Tag::builder().key(k).value(v).build().map_err(|e| {
-                AwsError::terminal(
-                    resource(name),
-                    "sns:TagResource",
-                    format!("invalid request: {e}"),
-                )
+                AwsError::terminal(ctx.id, "sns:TagResource", format!("invalid request: {e}"))
             })
         })
         .collect()
@@ -39,78 +31,72 @@ fn aws_tags(name: &str, tags: &Tags) -> Result<Vec<Tag>, AwsError> {
 
 impl Topics {
     /// Topic ARNs are deterministic: no call needed.
-    fn arn(ctx: &Ctx<'_>, name: &str) -> String {
-        format!(
-            "arn:{}:sns:{}:{}:{name}",
-            ctx.aws.partition, ctx.aws.region, ctx.aws.account_id
-        )
+    fn arn(ctx: &Ctx<'_>) -> String {
+        ctx.arns().topic(ctx.name())
     }
 
-    fn outputs(ctx: &Ctx<'_>, name: &str) -> Outputs {
+    fn outputs(ctx: &Ctx<'_>) -> Outputs {
         Outputs {
-            arn: Some(Self::arn(ctx, name)),
+            arn: Some(Self::arn(ctx)),
             ..Default::default()
         }
     }
 
     /// Every e-mail subscription of the topic (pending ones included; deleted ones not).
-    async fn email_subscriptions(ctx: &Ctx<'_>, name: &str) -> Result<Vec<Subscription>, AwsError> {
-        let arn = Self::arn(ctx, name);
-        let mut all = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let page = ctx
-                .aws
-                .sns
-                .list_subscriptions_by_topic()
-                .topic_arn(&arn)
-                .set_next_token(next.take())
-                .send()
-                .await
-                .context(resource(name), "sns:ListSubscriptionsByTopic")?;
-            all.extend(
-                page.subscriptions()
-                    .iter()
-                    .filter(|s| {
-                        s.protocol() == Some(EMAIL) && s.subscription_arn() != Some("Deleted")
-                    })
-                    .cloned(),
-            );
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next = Some(token.to_string()),
-                _ => return Ok(all),
-            }
-        }
+    async fn email_subscriptions(ctx: &Ctx<'_>) -> Result<Vec<Subscription>, AwsError> {
+        let all = ctx
+            .aws
+            .sns
+            .list_subscriptions_by_topic()
+            .topic_arn(Self::arn(ctx))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .context(ctx.id, "sns:ListSubscriptionsByTopic")?;
+        Ok(all
+            .into_iter()
+            .filter(|s| s.protocol() == Some(EMAIL) && s.subscription_arn() != Some("Deleted"))
+            .collect())
     }
 
-    async fn subscribe(ctx: &Ctx<'_>, name: &str, email: &str) -> Result<(), AwsError> {
+    async fn subscribe(ctx: &Ctx<'_>, email: &str) -> Result<(), AwsError> {
         ctx.aws
             .sns
             .subscribe()
-            .topic_arn(Self::arn(ctx, name))
+            .topic_arn(Self::arn(ctx))
             .protocol(EMAIL)
             .endpoint(email)
             .send()
             .await
-            .context(resource(name), "sns:Subscribe")?;
+            .context(ctx.id, "sns:Subscribe")?;
+        Ok(())
+    }
+}
+
+impl TagApi for Topics {
+    async fn tag(&self, ctx: &Ctx<'_>, arn: &str, tags: Tags) -> Result<(), AwsError> {
+        ctx.aws
+            .sns
+            .tag_resource()
+            .resource_arn(arn)
+            .set_tags(Some(aws_tags(ctx, &tags)?))
+            .send()
+            .await
+            .context(ctx.id, "sns:TagResource")?;
         Ok(())
     }
 
-    async fn set_attribute(
-        ctx: &Ctx<'_>,
-        name: &str,
-        key: &str,
-        value: &str,
-    ) -> Result<(), AwsError> {
+    async fn untag(&self, ctx: &Ctx<'_>, arn: &str, keys: Vec<String>) -> Result<(), AwsError> {
         ctx.aws
             .sns
-            .set_topic_attributes()
-            .topic_arn(Self::arn(ctx, name))
-            .attribute_name(key)
-            .attribute_value(value)
+            .untag_resource()
+            .resource_arn(arn)
+            .set_tag_keys(Some(keys))
             .send()
             .await
-            .context(resource(name), "sns:SetTopicAttributes")?;
+            .context(ctx.id, "sns:UntagResource")?;
         Ok(())
     }
 }
@@ -121,28 +107,29 @@ impl Driver for Topics {
     async fn observe(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &TopicSpec,
     ) -> Result<Option<Observed<TopicSpec>>, AwsError> {
-        let arn = Self::arn(ctx, name);
-        let attributes = match ctx
+        let arn = Self::arn(ctx);
+        let Some(found) = ctx
             .aws
             .sns
             .get_topic_attributes()
             .topic_arn(&arn)
             .send()
             .await
-            .context(resource(name), "sns:GetTopicAttributes")
-        {
-            Err(e) if e.is_not_found() => return Ok(None),
-            other => other?.attributes.unwrap_or_default(),
+            .context(ctx.id, "sns:GetTopicAttributes")
+            .optional()?
+        else {
+            return Ok(None);
         };
         // Only the attributes the spec manages; one AWS does not return is left out, so it diffs.
-        let managed: BTreeMap<String, String> = attributes
+        let managed: BTreeMap<String, String> = found
+            .attributes
+            .unwrap_or_default()
             .into_iter()
             .filter(|(k, _)| desired.attributes.contains_key(k))
             .collect();
-        let emails: BTreeSet<String> = Self::email_subscriptions(ctx, name)
+        let emails: BTreeSet<String> = Self::email_subscriptions(ctx)
             .await?
             .iter()
             .filter_map(|s| s.endpoint().map(str::to_string))
@@ -154,8 +141,9 @@ impl Driver for Topics {
             .resource_arn(&arn)
             .send()
             .await
-            .context(resource(name), "sns:ListTagsForResource")?;
+            .context(ctx.id, "sns:ListTagsForResource")?;
         Ok(Some(Observed {
+            parent_owner: None,
             spec: TopicSpec {
                 attributes: managed,
                 email_subscriptions: emails.into_iter().collect(),
@@ -165,54 +153,58 @@ impl Driver for Topics {
                     .iter()
                     .map(|t| (t.key().to_string(), t.value().to_string())),
             ),
-            outputs: Self::outputs(ctx, name),
+            outputs: Self::outputs(ctx),
         }))
     }
 
     async fn create(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &TopicSpec,
         tags: &Tags,
-    ) -> Result<Outputs, AwsError> {
+    ) -> Result<Outputs, DriverError> {
         ctx.aws
             .sns
             .create_topic()
-            .name(name)
+            .name(ctx.name())
             .set_attributes(
                 (!desired.attributes.is_empty())
                     .then(|| desired.attributes.clone().into_iter().collect()),
             )
             .set_tags(
                 (!tags.is_empty())
-                    .then(|| aws_tags(name, tags))
+                    .then(|| aws_tags(ctx, tags))
                     .transpose()?,
             )
             .send()
             .await
-            .context(resource(name), "sns:CreateTopic")?;
+            .context(ctx.id, "sns:CreateTopic")?;
         for email in &desired.email_subscriptions {
-            Self::subscribe(ctx, name, email).await?;
+            Self::subscribe(ctx, email).await?;
         }
-        Ok(Self::outputs(ctx, name))
+        Ok(Self::outputs(ctx))
     }
 
     async fn update(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &TopicSpec,
         tags: &Tags,
         observed: &Observed<TopicSpec>,
         changes: &Changes,
-    ) -> Result<Outputs, AwsError> {
-        if changes.touches("attributes") {
-            // SNS sets one attribute per call.
-            for (key, value) in &desired.attributes {
-                if observed.spec.attributes.get(key) != Some(value) {
-                    Self::set_attribute(ctx, name, key, value).await?;
-                }
+    ) -> Result<Outputs, DriverError> {
+        // SNS sets one attribute per call.
+        for (key, value) in &desired.attributes {
+            if observed.spec.attributes.get(key) != Some(value) {
+                ctx.aws
+                    .sns
+                    .set_topic_attributes()
+                    .topic_arn(Self::arn(ctx))
+                    .attribute_name(key)
+                    .attribute_value(value)
+                    .send()
+                    .await
+                    .context(ctx.id, "sns:SetTopicAttributes")?;
             }
         }
         if changes.touches("emailSubscriptions") {
@@ -221,10 +213,10 @@ impl Driver for Topics {
                 .iter()
                 .map(String::as_str)
                 .collect();
-            let current = Self::email_subscriptions(ctx, name).await?;
+            let current = Self::email_subscriptions(ctx).await?;
             let have: BTreeSet<&str> = current.iter().filter_map(|s| s.endpoint()).collect();
             for email in wanted.difference(&have) {
-                Self::subscribe(ctx, name, email).await?;
+                Self::subscribe(ctx, email).await?;
             }
             for subscription in &current {
                 let (Some(endpoint), Some(arn)) =
@@ -236,66 +228,31 @@ impl Driver for Topics {
                 if wanted.contains(endpoint) || arn == PENDING || !arn.starts_with("arn:") {
                     continue;
                 }
-                match ctx
-                    .aws
+                ctx.aws
                     .sns
                     .unsubscribe()
                     .subscription_arn(arn)
                     .send()
                     .await
-                    .context(resource(name), "sns:Unsubscribe")
-                {
-                    Err(e) if e.is_not_found() => {}
-                    other => {
-                        other?;
-                    }
-                }
+                    .context(ctx.id, "sns:Unsubscribe")
+                    .optional()?;
             }
         }
         if changes.touches("tags") {
-            let arn = Self::arn(ctx, name);
-            let (set, remove) = tag_delta(tags, &observed.tags);
-            if !set.is_empty() {
-                ctx.aws
-                    .sns
-                    .tag_resource()
-                    .resource_arn(&arn)
-                    .set_tags(Some(aws_tags(name, &set)?))
-                    .send()
-                    .await
-                    .context(resource(name), "sns:TagResource")?;
-            }
-            if !remove.is_empty() {
-                ctx.aws
-                    .sns
-                    .untag_resource()
-                    .resource_arn(&arn)
-                    .set_tag_keys(Some(remove))
-                    .send()
-                    .await
-                    .context(resource(name), "sns:UntagResource")?;
-            }
+            sync_tags(self, ctx, &Self::arn(ctx), tags, &observed.tags).await?;
         }
-        Ok(Self::outputs(ctx, name))
+        Ok(Self::outputs(ctx))
     }
 
-    async fn delete(
-        &self,
-        ctx: &Ctx<'_>,
-        name: &str,
-        _observed: &Observed<TopicSpec>,
-    ) -> Result<(), AwsError> {
-        match ctx
-            .aws
+    async fn delete(&self, ctx: &Ctx<'_>, _observed: &Observed<TopicSpec>) -> Result<(), AwsError> {
+        ctx.aws
             .sns
             .delete_topic()
-            .topic_arn(Self::arn(ctx, name))
+            .topic_arn(Self::arn(ctx))
             .send()
             .await
-            .context(resource(name), "sns:DeleteTopic")
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other.map(|_| ()),
-        }
+            .context(ctx.id, "sns:DeleteTopic")
+            .optional()?;
+        Ok(())
     }
 }

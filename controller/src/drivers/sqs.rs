@@ -4,16 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 
-use crate::aws::{AwsError, ErrorClass, ResultExt};
+use crate::aws::{AwsError, ErrorClass, Optional, ResultExt};
 use crate::desired::{QueueSpec, Tags};
 
-use super::{tag_delta, user_tags, Changes, Ctx, Driver, Observed, Outputs};
+use super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs, TagApi};
 
 pub struct Queues;
-
-fn resource(name: &str) -> String {
-    format!("Queue {name}")
-}
 
 fn attributes(map: &BTreeMap<String, String>) -> HashMap<QueueAttributeName, String> {
     map.iter()
@@ -22,35 +18,43 @@ fn attributes(map: &BTreeMap<String, String>) -> HashMap<QueueAttributeName, Str
 }
 
 impl Queues {
-    async fn url(ctx: &Ctx<'_>, name: &str) -> Result<Option<String>, AwsError> {
-        match ctx
+    async fn url(ctx: &Ctx<'_>) -> Result<Option<String>, AwsError> {
+        Ok(ctx
             .aws
             .sqs
             .get_queue_url()
-            .queue_name(name)
+            .queue_name(ctx.name())
             .send()
             .await
-            .context(resource(name), "sqs:GetQueueUrl")
-        {
-            Err(e) if e.is_not_found() => Ok(None),
-            other => Ok(other?.queue_url().map(str::to_string)),
-        }
+            .context(ctx.id, "sqs:GetQueueUrl")
+            .optional()?
+            .and_then(|out| out.queue_url))
+    }
+}
+
+impl TagApi for Queues {
+    async fn tag(&self, ctx: &Ctx<'_>, url: &str, tags: Tags) -> Result<(), AwsError> {
+        ctx.aws
+            .sqs
+            .tag_queue()
+            .queue_url(url)
+            .set_tags(Some(tags.into_iter().collect()))
+            .send()
+            .await
+            .context(ctx.id, "sqs:TagQueue")?;
+        Ok(())
     }
 
-    async fn arn(ctx: &Ctx<'_>, name: &str, url: &str) -> Result<Option<String>, AwsError> {
-        let out = ctx
-            .aws
+    async fn untag(&self, ctx: &Ctx<'_>, url: &str, keys: Vec<String>) -> Result<(), AwsError> {
+        ctx.aws
             .sqs
-            .get_queue_attributes()
+            .untag_queue()
             .queue_url(url)
-            .attribute_names(QueueAttributeName::QueueArn)
+            .set_tag_keys(Some(keys))
             .send()
             .await
-            .context(resource(name), "sqs:GetQueueAttributes")?;
-        Ok(out
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .cloned())
+            .context(ctx.id, "sqs:UntagQueue")?;
+        Ok(())
     }
 }
 
@@ -60,13 +64,13 @@ impl Driver for Queues {
     async fn observe(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &QueueSpec,
     ) -> Result<Option<Observed<QueueSpec>>, AwsError> {
-        let Some(url) = Self::url(ctx, name).await? else {
+        let Some(url) = Self::url(ctx).await? else {
             return Ok(None);
         };
-        let attributes = match ctx
+        // Deleted between the two calls: absent.
+        let Some(found) = ctx
             .aws
             .sqs
             .get_queue_attributes()
@@ -74,12 +78,12 @@ impl Driver for Queues {
             .attribute_names(QueueAttributeName::All)
             .send()
             .await
-            .context(resource(name), "sqs:GetQueueAttributes")
-        {
-            // Deleted between the two calls.
-            Err(e) if e.is_not_found() => return Ok(None),
-            other => other?.attributes.unwrap_or_default(),
+            .context(ctx.id, "sqs:GetQueueAttributes")
+            .optional()?
+        else {
+            return Ok(None);
         };
+        let attributes = found.attributes.unwrap_or_default();
         let arn = attributes.get(&QueueAttributeName::QueueArn).cloned();
         // Only the attributes the spec manages; one AWS does not return is left out, so it diffs.
         let managed = attributes
@@ -94,8 +98,9 @@ impl Driver for Queues {
             .queue_url(&url)
             .send()
             .await
-            .context(resource(name), "sqs:ListQueueTags")?;
+            .context(ctx.id, "sqs:ListQueueTags")?;
         Ok(Some(Observed {
+            parent_owner: None,
             spec: QueueSpec {
                 attributes: managed,
             },
@@ -111,22 +116,21 @@ impl Driver for Queues {
     async fn create(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &QueueSpec,
         tags: &Tags,
-    ) -> Result<Outputs, AwsError> {
+    ) -> Result<Outputs, DriverError> {
         let created = ctx
             .aws
             .sqs
             .create_queue()
-            .queue_name(name)
+            .queue_name(ctx.name())
             .set_attributes(
                 (!desired.attributes.is_empty()).then(|| attributes(&desired.attributes)),
             )
             .set_tags((!tags.is_empty()).then(|| tags.clone().into_iter().collect()))
             .send()
             .await
-            .context(resource(name), "sqs:CreateQueue")
+            .context(ctx.id, "sqs:CreateQueue")
             .map_err(|mut e| {
                 // SQS refuses to reuse a name for 60 s after its queue was deleted: waiting helps.
                 if e.code
@@ -137,14 +141,10 @@ impl Driver for Queues {
                 }
                 e
             })?;
-        let url = created.queue_url().map(str::to_string);
-        let arn = match &url {
-            Some(url) => Self::arn(ctx, name, url).await?,
-            None => None,
-        };
+        let arn = Some(ctx.arns().queue(ctx.name()));
         Ok(Outputs {
             arn,
-            url,
+            url: created.queue_url,
             ..Default::default()
         })
     }
@@ -152,81 +152,50 @@ impl Driver for Queues {
     async fn update(
         &self,
         ctx: &Ctx<'_>,
-        name: &str,
         desired: &QueueSpec,
         tags: &Tags,
         observed: &Observed<QueueSpec>,
         changes: &Changes,
-    ) -> Result<Outputs, AwsError> {
+    ) -> Result<Outputs, DriverError> {
         let url = observed.outputs.url.clone().unwrap_or_default();
-        if changes.touches("attributes") {
-            let changed: BTreeMap<String, String> = desired
-                .attributes
-                .iter()
-                .filter(|(k, v)| observed.spec.attributes.get(*k) != Some(v))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if !changed.is_empty() {
-                ctx.aws
-                    .sqs
-                    .set_queue_attributes()
-                    .queue_url(&url)
-                    .set_attributes(Some(attributes(&changed)))
-                    .send()
-                    .await
-                    .context(resource(name), "sqs:SetQueueAttributes")?;
-            }
+        let changed: BTreeMap<String, String> = desired
+            .attributes
+            .iter()
+            .filter(|(k, v)| observed.spec.attributes.get(*k) != Some(v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !changed.is_empty() {
+            ctx.aws
+                .sqs
+                .set_queue_attributes()
+                .queue_url(&url)
+                .set_attributes(Some(attributes(&changed)))
+                .send()
+                .await
+                .context(ctx.id, "sqs:SetQueueAttributes")?;
         }
         if changes.touches("tags") {
-            let (set, remove) = tag_delta(tags, &observed.tags);
-            if !set.is_empty() {
-                ctx.aws
-                    .sqs
-                    .tag_queue()
-                    .queue_url(&url)
-                    .set_tags(Some(set.into_iter().collect()))
-                    .send()
-                    .await
-                    .context(resource(name), "sqs:TagQueue")?;
-            }
-            if !remove.is_empty() {
-                ctx.aws
-                    .sqs
-                    .untag_queue()
-                    .queue_url(&url)
-                    .set_tag_keys(Some(remove))
-                    .send()
-                    .await
-                    .context(resource(name), "sqs:UntagQueue")?;
-            }
+            sync_tags(self, ctx, &url, tags, &observed.tags).await?;
         }
         Ok(observed.outputs.clone())
     }
 
-    async fn delete(
-        &self,
-        ctx: &Ctx<'_>,
-        name: &str,
-        observed: &Observed<QueueSpec>,
-    ) -> Result<(), AwsError> {
+    async fn delete(&self, ctx: &Ctx<'_>, observed: &Observed<QueueSpec>) -> Result<(), AwsError> {
         let url = match &observed.outputs.url {
             Some(url) => url.clone(),
-            None => match Self::url(ctx, name).await? {
+            None => match Self::url(ctx).await? {
                 Some(url) => url,
                 None => return Ok(()),
             },
         };
-        match ctx
-            .aws
+        ctx.aws
             .sqs
             .delete_queue()
             .queue_url(url)
             .send()
             .await
-            .context(resource(name), "sqs:DeleteQueue")
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other.map(|_| ()),
-        }
+            .context(ctx.id, "sqs:DeleteQueue")
+            .optional()?;
+        Ok(())
     }
 }

@@ -4,6 +4,8 @@
 
 mod drift;
 mod report;
+mod status;
+mod step;
 mod walk;
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,17 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use aws_config::SdkConfig;
-use serde::Serialize;
 
 pub use drift::DriftMemory;
 pub use report::{Action, Report, ResourceReport};
 
 use crate::api::{DriftPolicy, StackOutputs, TransactionPipelineSpec, ValidationErrors};
-use crate::aws::{Aws, AwsError, ErrorClass};
-use crate::desired::{
-    self, names, Kind, Resource, ResourceId, ResourceSpec, Stack, StackEnv, Tags, OWNER_TAG,
-};
-use crate::drivers::{self, Ctx, Driver, Outputs};
+use crate::aws::{Aws, AwsError};
+use crate::desired::{self, names, Kind, Stack, StackEnv, Tags};
+use crate::drivers::{self, Outputs};
+use step::Step;
 
 /// Apply changes, or only work out what would change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,7 +150,7 @@ impl Engine {
             let owner = owner.clone();
             let shared = shared.clone();
             async move {
-                let step = Step {
+                Step {
                     aws: &aws,
                     resource: &resource,
                     deps: &deps,
@@ -158,8 +158,9 @@ impl Engine {
                     mode,
                     policy,
                     memory: &shared,
-                };
-                step.converge().await
+                }
+                .converge()
+                .await
             }
         })
         .await;
@@ -180,24 +181,24 @@ impl Engine {
         let started = Instant::now();
         let before = aws.calls.snapshot();
         let owner = pipeline.owner.to_string();
+        let memory = Mutex::new(DriftMemory::default());
         let reports = walk::backward(&stack, self.concurrency, |resource| {
             let aws = aws.clone();
             let owner = owner.clone();
+            let memory = &memory;
             async move {
-                let started = Instant::now();
                 let deps = BTreeMap::new();
-                let ctx = Ctx {
+                Step {
                     aws: &aws,
+                    resource: &resource,
                     deps: &deps,
-                };
-                let (action, applied) = dispatch_teardown(&ctx, &resource, &owner, mode).await;
-                ResourceReport {
-                    id: resource.id.clone(),
-                    action,
-                    applied,
-                    outputs: Outputs::default(),
-                    elapsed: started.elapsed(),
+                    owner: &owner,
+                    mode,
+                    policy: DriftPolicy::Correct,
+                    memory,
                 }
+                .tear_down()
+                .await
             }
         })
         .await;
@@ -253,11 +254,19 @@ fn stack_outputs(
             .and_then(|o| o.arn.clone()),
         topic_arn: out(Kind::Topic, &names::topic(suffix)).and_then(|o| o.arn.clone()),
         dlq_url: out(Kind::Queue, &names::dlq(suffix)).and_then(|o| o.url.clone()),
-        api_endpoint: out(Kind::RestApi, &names::rest_api(suffix)).and_then(|o| o.url.clone()),
+        api_endpoint: reports
+            .iter()
+            .find(|r| r.id.kind == Kind::Stage)
+            .and_then(|r| r.outputs.url.as_ref())
+            .zip(stack.resources.iter().find_map(|r| match &r.spec {
+                desired::ResourceSpec::RestApi(api) => Some(&api.resource_path),
+                _ => None,
+            }))
+            .map(|(stage, path)| format!("{stage}{path}")),
         ..Default::default()
     };
-    let plan = out(Kind::UsagePlan, &names::usage_plan(suffix));
-    outputs.api_key_id = plan.and_then(|o| o.extra.get("apiKeyId").cloned());
+    let key = out(Kind::ApiKey, &names::api_key(suffix));
+    outputs.api_key_id = key.and_then(|o| o.id.clone());
     for function in names::FUNCTIONS {
         if let Some(arn) =
             out(Kind::Function, &names::function(suffix, function)).and_then(|o| o.arn.clone())
@@ -270,248 +279,5 @@ fn stack_outputs(
             outputs.repository_uris.insert(names::camel(function), uri);
         }
     }
-    (outputs, plan.and_then(|o| o.secret.clone()))
-}
-
-/// Everything one resource's convergence needs.
-struct Step<'a> {
-    aws: &'a Aws,
-    resource: &'a Resource,
-    deps: &'a BTreeMap<ResourceId, Outputs>,
-    owner: &'a str,
-    mode: Mode,
-    policy: DriftPolicy,
-    memory: &'a Mutex<DriftMemory>,
-}
-
-macro_rules! with_driver {
-    ($spec:expr, |$driver:ident, $s:ident| $body:expr) => {
-        match $spec {
-            ResourceSpec::Bucket($s) => {
-                let $driver = drivers::s3::Buckets;
-                $body
-            }
-            ResourceSpec::Table($s) => {
-                let $driver = drivers::dynamodb::Tables;
-                $body
-            }
-            ResourceSpec::Repository($s) => {
-                let $driver = drivers::ecr::Repositories;
-                $body
-            }
-            ResourceSpec::LogGroup($s) => {
-                let $driver = drivers::logs::LogGroups;
-                $body
-            }
-            ResourceSpec::Queue($s) => {
-                let $driver = drivers::sqs::Queues;
-                $body
-            }
-            ResourceSpec::Topic($s) => {
-                let $driver = drivers::sns::Topics;
-                $body
-            }
-            ResourceSpec::Role($s) => {
-                let $driver = drivers::iam::Roles;
-                $body
-            }
-            ResourceSpec::Function($s) => {
-                let $driver = drivers::lambda::Functions;
-                $body
-            }
-            ResourceSpec::StateMachine($s) => {
-                let $driver = drivers::sfn::StateMachines;
-                $body
-            }
-            ResourceSpec::RestApi($s) => {
-                let $driver = drivers::apigateway::RestApis;
-                $body
-            }
-            ResourceSpec::UsagePlan($s) => {
-                let $driver = drivers::apigateway::UsagePlans;
-                $body
-            }
-            ResourceSpec::Alarm($s) => {
-                let $driver = drivers::cloudwatch::Alarms;
-                $body
-            }
-        }
-    };
-}
-
-impl Step<'_> {
-    async fn converge(&self) -> ResourceReport {
-        let started = Instant::now();
-        let (action, applied, outputs) = with_driver!(&self.resource.spec, |driver, spec| self
-            .converge_with(&driver, spec)
-            .await);
-        ResourceReport {
-            id: self.resource.id.clone(),
-            action,
-            applied,
-            outputs,
-            elapsed: started.elapsed(),
-        }
-    }
-
-    async fn converge_with<D: Driver>(
-        &self,
-        driver: &D,
-        spec: &D::Spec,
-    ) -> (Action, bool, Outputs) {
-        let ctx = Ctx {
-            aws: self.aws,
-            deps: self.deps,
-        };
-        let name = self.resource.name();
-        let tags = &self.resource.tags;
-        let id = &self.resource.id;
-        let observed = match driver.observe(&ctx, name, spec).await {
-            Ok(observed) => observed,
-            Err(e) => return (failure(e), false, Outputs::default()),
-        };
-        let desired_json = desired_json(spec, tags);
-        let now = chrono::Utc::now();
-        let Some(observed) = observed else {
-            let recreate = self
-                .memory
-                .lock()
-                .expect("drift memory poisoned")
-                .note_missing(id, now, self.writes());
-            if !self.writes() {
-                return (Action::Create, false, Outputs::default());
-            }
-            return match driver.create(&ctx, name, spec, tags).await {
-                Ok(outputs) => {
-                    self.memory.lock().expect("drift memory poisoned").applied(
-                        id,
-                        desired_json,
-                        recreate,
-                    );
-                    (Action::Create, true, outputs)
-                }
-                Err(e) => (failure(e), false, Outputs::default()),
-            };
-        };
-        if observed.tags.get(OWNER_TAG).map(String::as_str) != Some(self.owner) {
-            let holder = observed
-                .tags
-                .get(OWNER_TAG)
-                .map(|o| format!("owned by {o}"))
-                .unwrap_or_else(|| "not tagged by tap-controller".into());
-            return (
-                Action::Conflict(format!("{id} exists but is {holder}: left untouched (ownership is proven by the {OWNER_TAG} tag)")),
-                false,
-                observed.outputs,
-            );
-        }
-        let changes = drivers::diff(spec, tags, &observed);
-        if changes.is_empty() {
-            self.memory
-                .lock()
-                .expect("drift memory poisoned")
-                .applied(id, desired_json, false);
-            return (Action::NoChange, false, observed.outputs);
-        }
-        let decision = self.memory.lock().expect("drift memory poisoned").classify(
-            id,
-            &desired_json,
-            &changes.diffs,
-            now,
-            self.writes(),
-        );
-        if !self.writes() || decision.hold {
-            return (Action::Hold(changes.diffs), false, observed.outputs);
-        }
-        match driver
-            .update(&ctx, name, spec, tags, &observed, &changes)
-            .await
-        {
-            Ok(outputs) => {
-                self.memory
-                    .lock()
-                    .expect("drift memory poisoned")
-                    .corrected(id, desired_json, &changes.diffs, now);
-                let outputs = if outputs == Outputs::default() {
-                    observed.outputs
-                } else {
-                    outputs
-                };
-                (Action::Update(changes.diffs), true, outputs)
-            }
-            Err(e) => (failure(e), false, observed.outputs),
-        }
-    }
-
-    fn writes(&self) -> bool {
-        self.mode == Mode::Apply && self.policy == DriftPolicy::Correct
-    }
-}
-
-fn failure(e: AwsError) -> Action {
-    match e.class {
-        ErrorClass::Waiting => Action::Wait(e.message),
-        class => Action::Fail {
-            message: e.to_string(),
-            class,
-        },
-    }
-}
-
-/// The desired spec and tags as JSON, in the shape `drivers::diff` compares.
-fn desired_json<S: Serialize>(spec: &S, tags: &Tags) -> serde_json::Value {
-    let mut value = serde_json::to_value(spec).expect("specs serialize to JSON");
-    if let serde_json::Value::Object(map) = &mut value {
-        map.insert(
-            "tags".into(),
-            serde_json::to_value(tags).expect("tags serialize"),
-        );
-    }
-    value
-}
-
-async fn dispatch_teardown(
-    ctx: &Ctx<'_>,
-    resource: &Resource,
-    owner: &str,
-    mode: Mode,
-) -> (Action, bool) {
-    with_driver!(&resource.spec, |driver, spec| teardown_with(
-        &driver, ctx, resource, spec, owner, mode
-    )
-    .await)
-}
-
-async fn teardown_with<D: Driver>(
-    driver: &D,
-    ctx: &Ctx<'_>,
-    resource: &Resource,
-    spec: &D::Spec,
-    owner: &str,
-    mode: Mode,
-) -> (Action, bool) {
-    let name = resource.name();
-    let observed = match driver.observe(ctx, name, spec).await {
-        Ok(Some(observed)) => observed,
-        Ok(None) => return (Action::AlreadyGone, false),
-        Err(e) if e.is_not_found() => return (Action::AlreadyGone, false),
-        Err(e) => return (failure(e), false),
-    };
-    if observed.tags.get(OWNER_TAG).map(String::as_str) != Some(owner) {
-        return (
-            Action::Conflict(format!(
-                "{} is not owned by {owner}: not deleted",
-                resource.id
-            )),
-            false,
-        );
-    }
-    if mode == Mode::DryRun {
-        return (Action::Delete, false);
-    }
-    match driver.delete(ctx, name, &observed).await {
-        Ok(()) => (Action::Delete, true),
-        Err(e) if e.is_not_found() => (Action::AlreadyGone, false),
-        Err(e) => (failure(e), false),
-    }
+    (outputs, key.and_then(|o| o.secret.clone()))
 }

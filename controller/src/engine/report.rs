@@ -1,17 +1,12 @@
-//! What one walk over the graph did, per resource, and the pipeline status it implies.
+//! What one walk over the graph did, per resource, and the phase it implies.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-
-use crate::api::{
-    DriftAction, DriftEntry, Phase, ResourceState, ResourceStatus, StackOutputs,
-    TransactionPipelineStatus,
-};
-use crate::aws::ErrorClass;
+use crate::api::{DriftAction, DriftEntry, Phase, ResourceState, StackOutputs};
+use crate::aws::{AwsError, ErrorClass};
 use crate::desired::ResourceId;
-use crate::drivers::{FieldDiff, Outputs, SecretValue};
+use crate::drivers::{FieldDiff, Outputs, SecretValue, WaitReason};
 
 /// What the engine did (or, in a dry run, would do) to one resource.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,14 +20,11 @@ pub enum Action {
     /// Already absent (teardown).
     AlreadyGone,
     /// Could not act: a prerequisite is missing (an image, a dependency that failed or waits).
-    Wait(String),
+    Wait(WaitReason),
     /// Exists under our name without our ownership tag: left untouched.
     Conflict(String),
     /// An AWS call failed.
-    Fail {
-        message: String,
-        class: ErrorClass,
-    },
+    Fail(AwsError),
     /// Differs from the spec but policy or backoff forbids writing now.
     Hold(Vec<FieldDiff>),
     /// `deletionPolicy: Retain`: left in AWS.
@@ -78,7 +70,7 @@ impl ResourceReport {
             (Action::Delete, _) | (Action::AlreadyGone, _) => ResourceState::Deleted,
             (Action::Wait(_), _) => ResourceState::Waiting,
             (Action::Conflict(_), _) => ResourceState::Conflict,
-            (Action::Fail { .. }, _) => ResourceState::Failed,
+            (Action::Fail(_), _) => ResourceState::Failed,
             (Action::Retain, _) => ResourceState::Retained,
         }
     }
@@ -110,8 +102,9 @@ impl ResourceReport {
                 }
             }
             Action::AlreadyGone => "already absent".into(),
-            Action::Wait(m) | Action::Conflict(m) => m.clone(),
-            Action::Fail { message, .. } => message.clone(),
+            Action::Wait(reason) => reason.to_string(),
+            Action::Conflict(m) => m.clone(),
+            Action::Fail(e) => e.to_string(),
             Action::Retain => "retained (deletionPolicy: Retain)".into(),
         }
     }
@@ -146,10 +139,19 @@ impl Report {
         })
     }
 
-    pub fn waiting_for_images(&self) -> bool {
+    /// The images someone has to push before the stack can converge.
+    pub fn images_to_push(&self) -> Vec<&WaitReason> {
         self.resources
             .iter()
-            .any(|r| matches!(&r.action, Action::Wait(m) if m.contains("push image")))
+            .filter_map(|r| match &r.action {
+                Action::Wait(reason @ WaitReason::Image { .. }) => Some(reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn waiting_for_images(&self) -> bool {
+        !self.images_to_push().is_empty()
     }
 
     pub fn conflicts(&self) -> Vec<&ResourceReport> {
@@ -162,22 +164,32 @@ impl Report {
     pub fn failures(&self) -> Vec<&ResourceReport> {
         self.resources
             .iter()
-            .filter(|r| matches!(r.action, Action::Fail { .. }))
+            .filter(|r| matches!(r.action, Action::Fail(_)))
             .collect()
+    }
+
+    /// The first failure as `Kind name: message` (empty when none failed).
+    pub fn first_failure(&self) -> String {
+        self.failures()
+            .first()
+            .map(|r| format!("{}: {}", r.id, r.message()))
+            .unwrap_or_default()
+    }
+
+    /// The AWS error of the first failed resource.
+    pub fn first_aws_error(&self) -> Option<&AwsError> {
+        self.resources.iter().find_map(|r| match &r.action {
+            Action::Fail(e) => Some(e),
+            _ => None,
+        })
     }
 
     /// Whether a failure is worth retrying soon (throttling, eventual consistency) rather than waiting
     /// for a spec change or the next resync.
     pub fn only_transient_failures(&self) -> bool {
-        self.failures().iter().all(|r| {
-            matches!(
-                r.action,
-                Action::Fail {
-                    class: ErrorClass::Transient,
-                    ..
-                }
-            )
-        })
+        self.failures()
+            .iter()
+            .all(|r| matches!(&r.action, Action::Fail(e) if e.class == ErrorClass::Transient))
     }
 
     pub fn phase(&self, deleting: bool) -> Phase {
@@ -212,158 +224,5 @@ impl Report {
         } else {
             Phase::Ready
         }
-    }
-
-    /// The status this walk implies. `previous` keeps condition transition times that did not change.
-    pub fn status(
-        &self,
-        generation: Option<i64>,
-        previous: Option<&TransactionPipelineStatus>,
-        deleting: bool,
-    ) -> TransactionPipelineStatus {
-        let phase = self.phase(deleting);
-        let now = chrono::Utc::now();
-        let outstanding = self
-            .drift
-            .iter()
-            .filter(|d| d.action != DriftAction::Corrected)
-            .count();
-        let not_ready: Vec<String> = self
-            .resources
-            .iter()
-            .filter(|r| !r.is_done())
-            .map(|r| format!("{}: {}", r.id, r.message()))
-            .collect();
-        let ready = phase == Phase::Ready;
-        let ready_message = if ready {
-            format!("all {} resources match the spec", self.resources.len())
-        } else if phase == Phase::WaitingForImages {
-            let waits: Vec<String> = self
-                .resources
-                .iter()
-                .filter_map(|r| match &r.action {
-                    Action::Wait(m) if m.contains("push image") => Some(m.clone()),
-                    _ => None,
-                })
-                .collect();
-            waits.join("; ")
-        } else {
-            first_lines(&not_ready, 5)
-        };
-        let failures: Vec<String> = self
-            .failures()
-            .iter()
-            .chain(self.conflicts().iter())
-            .map(|r| format!("{}: {}", r.id, r.message()))
-            .collect();
-        let conditions = vec![
-            condition(
-                previous,
-                "Ready",
-                ready,
-                phase.as_str(),
-                &ready_message,
-                generation,
-            ),
-            condition(
-                previous,
-                "Drifted",
-                !self.drift.is_empty(),
-                if self.drift.is_empty() {
-                    "NoDrift"
-                } else if outstanding == 0 {
-                    "DriftCorrected"
-                } else if self
-                    .drift
-                    .iter()
-                    .any(|d| d.action == DriftAction::Uncorrectable)
-                {
-                    "DriftUncorrectable"
-                } else {
-                    "DriftReported"
-                },
-                &if self.drift.is_empty() {
-                    "every managed field matches the spec".to_string()
-                } else {
-                    let fields: Vec<String> = self
-                        .drift
-                        .iter()
-                        .map(|d| format!("{} {} {} ({:?})", d.kind, d.name, d.field, d.action))
-                        .collect();
-                    first_lines(&fields, 5)
-                },
-                generation,
-            ),
-            condition(
-                previous,
-                "Degraded",
-                !failures.is_empty(),
-                if failures.is_empty() {
-                    "Healthy"
-                } else if !self.conflicts().is_empty() {
-                    "Conflict"
-                } else {
-                    "AwsError"
-                },
-                &if failures.is_empty() {
-                    "no AWS errors".to_string()
-                } else {
-                    first_lines(&failures, 5)
-                },
-                generation,
-            ),
-        ];
-        TransactionPipelineStatus {
-            observed_generation: generation,
-            phase: Some(phase),
-            conditions,
-            resources: self
-                .resources
-                .iter()
-                .map(|r| ResourceStatus {
-                    kind: r.id.kind.to_string(),
-                    name: r.id.name.clone(),
-                    arn: r.outputs.arn.clone().or_else(|| r.outputs.id.clone()),
-                    state: r.state(),
-                    message: r.message(),
-                })
-                .collect(),
-            drift: self.drift.clone(),
-            drift_count: self.drift.len() as i32,
-            outputs: Some(self.outputs.clone()),
-            last_sync_time: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        }
-    }
-}
-
-fn first_lines(lines: &[String], n: usize) -> String {
-    let mut out = lines.iter().take(n).cloned().collect::<Vec<_>>().join("; ");
-    if lines.len() > n {
-        out.push_str(&format!("; and {} more", lines.len() - n));
-    }
-    out
-}
-
-fn condition(
-    previous: Option<&TransactionPipelineStatus>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) -> Condition {
-    let status = if status { "True" } else { "False" }.to_string();
-    let last_transition_time = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time,
     }
 }

@@ -11,7 +11,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use super::report::{Action, ResourceReport};
 use super::Mode;
 use crate::desired::{Resource, ResourceId, Stack};
-use crate::drivers::Outputs;
+use crate::drivers::{Outputs, WaitReason};
 
 /// Runs `run` over the graph. `prereqs[i]` are indices that must finish before `i`; `blocked` decides
 /// from a finished prerequisite's report whether `i` may still run (if not, `i` reports `Wait`).
@@ -47,11 +47,10 @@ where
                     started[i] = true;
                     done[i] = Some(ResourceReport {
                         id: stack.resources[i].id.clone(),
-                        action: Action::Wait(format!(
-                            "waiting for {} ({})",
-                            blocker.id,
-                            blocker.message()
-                        )),
+                        action: Action::Wait(WaitReason::Dependency {
+                            id: blocker.id.clone(),
+                            why: blocker.message(),
+                        }),
                         applied: false,
                         outputs: Outputs::default(),
                         elapsed: Duration::ZERO,
@@ -238,7 +237,11 @@ mod tests {
             async move {
                 called.lock().unwrap().push(resource.id.clone());
                 let action = match (resource.id.kind, resource.id.name.as_str()) {
-                    (Kind::Function, "tap-t1-csv-validator") => Action::Wait("push image".into()),
+                    (Kind::Function, "tap-t1-csv-validator") => Action::Wait(WaitReason::Image {
+                        uri: "u".into(),
+                        repository: "r".into(),
+                        tag: "v1".into(),
+                    }),
                     (Kind::Function, _) => Action::Hold(vec![FieldDiff {
                         field: "tracingMode".into(),
                         expected: "Active".into(),
@@ -265,7 +268,7 @@ mod tests {
         ] {
             let r = find(kind, name);
             assert!(
-                matches!(&r.action, Action::Wait(m) if m.contains("tap-t1-csv-validator")),
+                matches!(&r.action, Action::Wait(m) if m.to_string().contains("tap-t1-csv-validator")),
                 "{:?}",
                 r.action
             );

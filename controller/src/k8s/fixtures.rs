@@ -20,7 +20,7 @@ use kube::runtime::watcher;
 use kube::Client;
 use serde_json::{json, Value};
 
-use super::controller::{Backend, Context};
+use super::context::{Backend, Context};
 use super::metrics::Metrics;
 use crate::api::{TransactionPipeline, TransactionPipelineSpec, FINALIZER};
 use crate::desired::{Kind, ResourceId};

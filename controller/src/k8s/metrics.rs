@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,29 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use super::error::ErrorCategory;
 use crate::api::Phase;
-
-/// Why a reconcile did not converge (the `kind` label of `tap_reconcile_errors_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    InvalidSpec,
-    AwsTransient,
-    AwsTerminal,
-    Conflict,
-    Kube,
-}
-
-impl ErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::InvalidSpec => "invalid_spec",
-            ErrorKind::AwsTransient => "aws_transient",
-            ErrorKind::AwsTerminal => "aws_terminal",
-            ErrorKind::Conflict => "conflict",
-            ErrorKind::Kube => "kube",
-        }
-    }
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -65,6 +44,18 @@ const PHASES: [Phase; 6] = [
     Phase::Deleting,
     Phase::Failed,
 ];
+
+/// Observes a reconcile's duration when dropped.
+pub struct ReconcileTimer {
+    started: Instant,
+    duration: Histogram,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.duration.observe(self.started.elapsed().as_secs_f64());
+    }
+}
 
 /// The controller's metrics. Cheap to clone (shared registry).
 #[derive(Clone)]
@@ -143,18 +134,20 @@ impl Metrics {
         }
     }
 
-    pub fn reconcile_started(&self) {
+    /// Counts a reconcile; its duration is observed when the returned guard drops, whichever way the
+    /// reconcile ends.
+    pub fn reconcile_timer(&self) -> ReconcileTimer {
         self.reconciles.inc();
+        ReconcileTimer {
+            started: Instant::now(),
+            duration: self.duration.clone(),
+        }
     }
 
-    pub fn reconcile_finished(&self, elapsed: Duration) {
-        self.duration.observe(elapsed.as_secs_f64());
-    }
-
-    pub fn error(&self, kind: ErrorKind) {
+    pub fn error(&self, category: ErrorCategory) {
         self.errors
             .get_or_create(&KindLabel {
-                kind: kind.as_str().into(),
+                kind: category.as_str().into(),
             })
             .inc();
     }
@@ -211,9 +204,8 @@ mod tests {
     #[test]
     fn exposes_the_documented_names() {
         let m = Metrics::new();
-        m.reconcile_started();
-        m.error(ErrorKind::AwsTransient);
-        m.reconcile_finished(Duration::from_millis(120));
+        drop(m.reconcile_timer());
+        m.error(ErrorCategory::AwsTransient);
         m.aws_call("Lambda", "GetFunction");
         m.drift_detected("Function", "memoryMb");
         m.set_phase("default/a", Some(Phase::Ready));

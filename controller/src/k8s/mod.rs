@@ -14,12 +14,17 @@
 //! - `events.k8s.io` `events`: create, patch (a repeated event becomes a series).
 //! - `coordination.k8s.io` `leases` (with leader election): get, create, patch.
 
-pub mod controller;
+pub mod context;
+pub mod error;
+pub mod events;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod leader;
 pub mod metrics;
+pub mod reconcile;
 pub mod secret;
+pub mod status;
+pub mod suffix_guard;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -39,8 +44,10 @@ use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, Watch
 use kube::Client;
 use tokio::sync::{oneshot, watch};
 
-pub use controller::{error_policy, reconcile, Backend, Context, Error};
+pub use context::{Backend, Context};
+pub use error::{Error, ErrorCategory};
 pub use metrics::Metrics;
+pub use reconcile::{error_policy, reconcile};
 
 use crate::api::TransactionPipeline;
 use crate::engine::Engine;
@@ -324,8 +331,8 @@ pub async fn run_controllers(
             });
         runs.push(run);
     }
-    ctx.set_stores(stores.clone());
-    ctx.set_wakers(wakers);
+    ctx.suffixes.set_stores(stores.clone());
+    ctx.suffixes.set_wakers(wakers);
     if readiness {
         let health = health.clone();
         tokio::spawn(async move {
@@ -373,7 +380,7 @@ mod tests {
     #[tokio::test]
     async fn health_readiness_and_metrics_are_served() {
         let metrics = Metrics::new();
-        metrics.reconcile_started();
+        drop(metrics.reconcile_timer());
         let health = Health::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

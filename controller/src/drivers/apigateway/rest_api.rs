@@ -1,0 +1,579 @@
+//! The REST API: description and endpoint type, the `/upload` resource, its method (API key required,
+//! request validator and model) and Lambda proxy integration. Its stage and the permission to invoke the
+//! function are resources of their own; a change here reaches clients through the stage's redeployment.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_apigateway::types::{EndpointConfiguration, EndpointType, IntegrationType, Op};
+use serde_json::Value;
+
+use crate::aws::{AwsError, Optional, ResultExt};
+use crate::desired::{ApiIntegration, ApiMethod, ApiModel, RequestValidator, RestApiSpec, Tags};
+
+use super::super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs};
+use super::{find_rest_api, patch, replace, Tagging};
+
+pub struct RestApis;
+
+/// What a method, its integration and validator observe as when they do not exist.
+fn missing_method() -> (ApiMethod, ApiIntegration, RequestValidator) {
+    (
+        ApiMethod {
+            http_method: String::new(),
+            authorization_type: String::new(),
+            api_key_required: false,
+            request_parameters: BTreeMap::new(),
+            request_models: BTreeMap::new(),
+        },
+        ApiIntegration {
+            integration_type: String::new(),
+            integration_http_method: String::new(),
+            uri: String::new(),
+        },
+        RequestValidator {
+            name: String::new(),
+            validate_request_body: false,
+            validate_request_parameters: false,
+        },
+    )
+}
+
+impl RestApis {
+    fn outputs(ctx: &Ctx<'_>, api_id: &str) -> Outputs {
+        Outputs {
+            arn: Some(ctx.arns().apigateway(&format!("/restapis/{api_id}"))),
+            id: Some(api_id.to_string()),
+            ..Default::default()
+        }
+    }
+
+    fn api_id(ctx: &Ctx<'_>, observed: &Observed<RestApiSpec>) -> Result<String, AwsError> {
+        observed.outputs.id.clone().ok_or_else(|| {
+            AwsError::terminal(
+                ctx.id,
+                "apigateway:GetRestApis",
+                "the observed API has no id",
+            )
+        })
+    }
+
+    /// The resource ids of the root and of `path` (when it exists).
+    async fn resources(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+        path: &str,
+    ) -> Result<(Option<String>, Option<String>), AwsError> {
+        let all = ctx
+            .aws
+            .apigateway
+            .get_resources()
+            .rest_api_id(api_id)
+            .limit(500)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .context(ctx.id, "apigateway:GetResources")?;
+        let id_of = |wanted: &str| {
+            all.iter()
+                .find(|r| r.path() == Some(wanted))
+                .and_then(|r| r.id().map(str::to_string))
+        };
+        Ok((id_of("/"), id_of(path)))
+    }
+
+    /// Creates `path` (one level under the root: `/upload`) unless it exists; returns its id and whether
+    /// it was created.
+    async fn ensure_resource(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+        path: &str,
+    ) -> Result<(String, bool), AwsError> {
+        let (root, found) = Self::resources(ctx, api_id, path).await?;
+        if let Some(id) = found {
+            return Ok((id, false));
+        }
+        let root = root.ok_or_else(|| {
+            AwsError::terminal(
+                ctx.id,
+                "apigateway:GetResources",
+                "the API has no root resource",
+            )
+        })?;
+        let created = ctx
+            .aws
+            .apigateway
+            .create_resource()
+            .rest_api_id(api_id)
+            .parent_id(root)
+            .path_part(path.trim_start_matches('/'))
+            .send()
+            .await
+            .context(ctx.id, "apigateway:CreateResource")?;
+        let id = created.id().ok_or_else(|| {
+            AwsError::terminal(
+                ctx.id,
+                "apigateway:CreateResource",
+                "no resource id in the answer",
+            )
+        })?;
+        Ok((id.to_string(), true))
+    }
+
+    async fn create_model(ctx: &Ctx<'_>, api_id: &str, model: &ApiModel) -> Result<(), AwsError> {
+        ctx.aws
+            .apigateway
+            .create_model()
+            .rest_api_id(api_id)
+            .name(&model.name)
+            .content_type(&model.content_type)
+            .schema(model.schema.to_string())
+            .send()
+            .await
+            .context(ctx.id, "apigateway:CreateModel")?;
+        Ok(())
+    }
+
+    /// Creates the model, or replaces what of it drifted (its content type cannot be patched: a model with
+    /// another one is replaced).
+    async fn converge_model(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+        desired: &ApiModel,
+        observed: &ApiModel,
+    ) -> Result<(), AwsError> {
+        if observed.name.is_empty() {
+            return Self::create_model(ctx, api_id, desired).await;
+        }
+        if observed.content_type != desired.content_type {
+            ctx.aws
+                .apigateway
+                .delete_model()
+                .rest_api_id(api_id)
+                .model_name(&desired.name)
+                .send()
+                .await
+                .context(ctx.id, "apigateway:DeleteModel")
+                .optional()?;
+            return Self::create_model(ctx, api_id, desired).await;
+        }
+        ctx.aws
+            .apigateway
+            .update_model()
+            .rest_api_id(api_id)
+            .model_name(&desired.name)
+            .patch_operations(replace("/schema", desired.schema.to_string()))
+            .send()
+            .await
+            .context(ctx.id, "apigateway:UpdateModel")?;
+        Ok(())
+    }
+
+    /// The id of the validator named as desired, created if missing, flags corrected if they differ.
+    async fn ensure_validator(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+        desired: &RequestValidator,
+    ) -> Result<String, AwsError> {
+        let list = ctx
+            .aws
+            .apigateway
+            .get_request_validators()
+            .rest_api_id(api_id)
+            .limit(500)
+            .send()
+            .await
+            .context(ctx.id, "apigateway:GetRequestValidators")?;
+        if let Some(v) = list
+            .items()
+            .iter()
+            .find(|v| v.name() == Some(desired.name.as_str()))
+        {
+            let id = v.id().unwrap_or_default().to_string();
+            let mut ops = Vec::new();
+            if v.validate_request_body() != desired.validate_request_body {
+                ops.push(replace(
+                    "/validateRequestBody",
+                    desired.validate_request_body,
+                ));
+            }
+            if v.validate_request_parameters() != desired.validate_request_parameters {
+                ops.push(replace(
+                    "/validateRequestParameters",
+                    desired.validate_request_parameters,
+                ));
+            }
+            if !ops.is_empty() {
+                ctx.aws
+                    .apigateway
+                    .update_request_validator()
+                    .rest_api_id(api_id)
+                    .request_validator_id(&id)
+                    .set_patch_operations(Some(ops))
+                    .send()
+                    .await
+                    .context(ctx.id, "apigateway:UpdateRequestValidator")?;
+            }
+            return Ok(id);
+        }
+        let created = ctx
+            .aws
+            .apigateway
+            .create_request_validator()
+            .rest_api_id(api_id)
+            .name(&desired.name)
+            .validate_request_body(desired.validate_request_body)
+            .validate_request_parameters(desired.validate_request_parameters)
+            .send()
+            .await
+            .context(ctx.id, "apigateway:CreateRequestValidator")?;
+        Ok(created.id().unwrap_or_default().to_string())
+    }
+
+    /// (Re)puts the method and its integration on `resource_id`.
+    async fn put_method(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+        resource_id: &str,
+        validator_id: &str,
+        desired: &RestApiSpec,
+    ) -> Result<(), AwsError> {
+        let method = &desired.method;
+        ctx.aws
+            .apigateway
+            .put_method()
+            .rest_api_id(api_id)
+            .resource_id(resource_id)
+            .http_method(&method.http_method)
+            .authorization_type(&method.authorization_type)
+            .api_key_required(method.api_key_required)
+            .request_validator_id(validator_id)
+            .set_request_parameters(Some(
+                method.request_parameters.clone().into_iter().collect(),
+            ))
+            .set_request_models(Some(method.request_models.clone().into_iter().collect()))
+            .send()
+            .await
+            .context(ctx.id, "apigateway:PutMethod")?;
+        Ok(())
+    }
+
+    async fn put_integration(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+        resource_id: &str,
+        desired: &RestApiSpec,
+    ) -> Result<(), AwsError> {
+        ctx.aws
+            .apigateway
+            .put_integration()
+            .rest_api_id(api_id)
+            .resource_id(resource_id)
+            .http_method(&desired.method.http_method)
+            .r#type(IntegrationType::from(
+                desired.integration.integration_type.as_str(),
+            ))
+            .integration_http_method(&desired.integration.integration_http_method)
+            .uri(&desired.integration.uri)
+            .send()
+            .await
+            .context(ctx.id, "apigateway:PutIntegration")?;
+        Ok(())
+    }
+
+    async fn observe_method(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+        resource_id: &str,
+        desired: &RestApiSpec,
+    ) -> Result<(ApiMethod, ApiIntegration, RequestValidator), AwsError> {
+        let (mut method, mut integration, mut validator) = missing_method();
+        let Some(m) = ctx
+            .aws
+            .apigateway
+            .get_method()
+            .rest_api_id(api_id)
+            .resource_id(resource_id)
+            .http_method(&desired.method.http_method)
+            .send()
+            .await
+            .context(ctx.id, "apigateway:GetMethod")
+            .optional()?
+        else {
+            return Ok((method, integration, validator));
+        };
+        method = ApiMethod {
+            http_method: m
+                .http_method()
+                .unwrap_or(&desired.method.http_method)
+                .to_string(),
+            authorization_type: m.authorization_type().unwrap_or_default().to_string(),
+            api_key_required: m.api_key_required().unwrap_or(false),
+            request_parameters: m
+                .request_parameters()
+                .map(|p| p.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default(),
+            request_models: m
+                .request_models()
+                .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+        };
+        if let Some(i) = m.method_integration() {
+            integration = ApiIntegration {
+                integration_type: i
+                    .r#type()
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or_default(),
+                integration_http_method: i.http_method().unwrap_or_default().to_string(),
+                uri: i.uri().unwrap_or_default().to_string(),
+            };
+        }
+        if let Some(id) = m.request_validator_id().filter(|id| !id.is_empty()) {
+            if let Some(v) = ctx
+                .aws
+                .apigateway
+                .get_request_validator()
+                .rest_api_id(api_id)
+                .request_validator_id(id)
+                .send()
+                .await
+                .context(ctx.id, "apigateway:GetRequestValidator")
+                .optional()?
+            {
+                validator = RequestValidator {
+                    name: v.name().unwrap_or_default().to_string(),
+                    validate_request_body: v.validate_request_body(),
+                    validate_request_parameters: v.validate_request_parameters(),
+                };
+            }
+        }
+        Ok((method, integration, validator))
+    }
+
+    async fn observe_model(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+        desired: &ApiModel,
+    ) -> Result<ApiModel, AwsError> {
+        let model = ctx
+            .aws
+            .apigateway
+            .get_model()
+            .rest_api_id(api_id)
+            .model_name(&desired.name)
+            .send()
+            .await
+            .context(ctx.id, "apigateway:GetModel")
+            .optional()?;
+        Ok(match model {
+            Some(m) => ApiModel {
+                name: m.name().unwrap_or_default().to_string(),
+                content_type: m.content_type().unwrap_or_default().to_string(),
+                schema: m
+                    .schema()
+                    .map(|s| {
+                        serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))
+                    })
+                    .unwrap_or(Value::Null),
+            },
+            None => ApiModel {
+                name: String::new(),
+                content_type: String::new(),
+                schema: Value::Null,
+            },
+        })
+    }
+
+    /// Puts the resource, method and integration where they differ (each needs the resource's id, the
+    /// method needs the validator's).
+    async fn converge_method(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+        desired: &RestApiSpec,
+        observed: Option<&RestApiSpec>,
+    ) -> Result<(), AwsError> {
+        let ((resource_id, created), validator_id) = tokio::try_join!(
+            Self::ensure_resource(ctx, api_id, &desired.resource_path),
+            Self::ensure_validator(ctx, api_id, &desired.validator),
+        )?;
+        let method_differs = created
+            || observed.is_none_or(|o| {
+                o.resource_path != desired.resource_path
+                    || o.method != desired.method
+                    || o.validator.name != desired.validator.name
+            });
+        if method_differs {
+            if observed.is_some() && !created {
+                ctx.aws
+                    .apigateway
+                    .delete_method()
+                    .rest_api_id(api_id)
+                    .resource_id(&resource_id)
+                    .http_method(&desired.method.http_method)
+                    .send()
+                    .await
+                    .context(ctx.id, "apigateway:DeleteMethod")
+                    .optional()?;
+            }
+            Self::put_method(ctx, api_id, &resource_id, &validator_id, desired).await?;
+        }
+        if method_differs || observed.is_some_and(|o| o.integration != desired.integration) {
+            Self::put_integration(ctx, api_id, &resource_id, desired).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Driver for RestApis {
+    type Spec = RestApiSpec;
+
+    async fn observe(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &RestApiSpec,
+    ) -> Result<Option<Observed<RestApiSpec>>, AwsError> {
+        let Some(api) = find_rest_api(ctx, ctx.name()).await? else {
+            return Ok(None);
+        };
+        let api_id = api
+            .id()
+            .ok_or_else(|| {
+                AwsError::terminal(ctx.id, "apigateway:GetRestApis", "an API without an id")
+            })?
+            .to_string();
+        let method = async {
+            let (_, resource_id) = Self::resources(ctx, &api_id, &desired.resource_path).await?;
+            match &resource_id {
+                Some(resource_id) => Self::observe_method(ctx, &api_id, resource_id, desired)
+                    .await
+                    .map(|m| (true, m)),
+                None => Ok((false, missing_method())),
+            }
+        };
+        let ((has_resource, (method, integration, validator)), model) =
+            tokio::try_join!(method, Self::observe_model(ctx, &api_id, &desired.model))?;
+        let spec = RestApiSpec {
+            description: api.description().unwrap_or_default().to_string(),
+            endpoint_type: api
+                .endpoint_configuration()
+                .and_then(|e| e.types().first())
+                .map_or("EDGE", |t| t.as_str())
+                .to_string(),
+            resource_path: if has_resource {
+                desired.resource_path.clone()
+            } else {
+                String::new()
+            },
+            method,
+            integration,
+            validator,
+            model,
+        };
+        Ok(Some(Observed::new(
+            spec,
+            user_tags(api.tags().cloned().unwrap_or_default()),
+            Self::outputs(ctx, &api_id),
+        )))
+    }
+
+    async fn create(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &RestApiSpec,
+        tags: &Tags,
+    ) -> Result<Outputs, DriverError> {
+        let api = ctx
+            .aws
+            .apigateway
+            .create_rest_api()
+            .name(ctx.name())
+            .description(&desired.description)
+            .endpoint_configuration(
+                EndpointConfiguration::builder()
+                    .types(EndpointType::from(desired.endpoint_type.as_str()))
+                    .build(),
+            )
+            .set_tags(Some(tags.clone().into_iter().collect()))
+            .send()
+            .await
+            .context(ctx.id, "apigateway:CreateRestApi")?;
+        let api_id = api
+            .id()
+            .ok_or_else(|| {
+                AwsError::terminal(
+                    ctx.id,
+                    "apigateway:CreateRestApi",
+                    "no API id in the answer",
+                )
+            })?
+            .to_string();
+        // The model must exist before a method names it.
+        Self::create_model(ctx, &api_id, &desired.model).await?;
+        Self::converge_method(ctx, &api_id, desired, None).await?;
+        Ok(Self::outputs(ctx, &api_id))
+    }
+
+    async fn update(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &RestApiSpec,
+        tags: &Tags,
+        observed: &Observed<RestApiSpec>,
+        changes: &Changes,
+    ) -> Result<Outputs, DriverError> {
+        let api_id = Self::api_id(ctx, observed)?;
+        let mut ops = Vec::new();
+        if changes.touches("description") {
+            ops.push(replace("/description", &desired.description));
+        }
+        if changes.touches("endpointType") {
+            ops.push(patch(
+                Op::Replace,
+                &format!(
+                    "/endpointConfiguration/types/{}",
+                    observed.spec.endpoint_type
+                ),
+                Some(desired.endpoint_type.clone()),
+            ));
+        }
+        if !ops.is_empty() {
+            ctx.aws
+                .apigateway
+                .update_rest_api()
+                .rest_api_id(&api_id)
+                .set_patch_operations(Some(ops))
+                .send()
+                .await
+                .context(ctx.id, "apigateway:UpdateRestApi")?;
+        }
+        if changes.touches("model") {
+            Self::converge_model(ctx, &api_id, &desired.model, &observed.spec.model).await?;
+        }
+        if changes.touches_any(&["resourcePath", "method", "validator", "integration"]) {
+            Self::converge_method(ctx, &api_id, desired, Some(&observed.spec)).await?;
+        }
+        if changes.touches("tags") {
+            let arn = observed.outputs.arn.clone().unwrap_or_default();
+            sync_tags(&Tagging, ctx, &arn, tags, &observed.tags).await?;
+        }
+        Ok(Self::outputs(ctx, &api_id))
+    }
+
+    async fn delete(
+        &self,
+        ctx: &Ctx<'_>,
+        observed: &Observed<RestApiSpec>,
+    ) -> Result<(), AwsError> {
+        let api_id = Self::api_id(ctx, observed)?;
+        ctx.aws
+            .apigateway
+            .delete_rest_api()
+            .rest_api_id(api_id)
+            .send()
+            .await
+            .context(ctx.id, "apigateway:DeleteRestApi")
+            .optional()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! One resource's turn in a walk: observe it, prove it ours, then create, update the drifted fields, or
+//! leave it (forward); or delete it (backward). Every kind goes through the same steps; `with_driver!`
+//! picks the driver for the resource's spec.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::drift::DriftMemory;
+use super::report::{Action, ResourceReport};
+use super::Mode;
+use crate::api::DriftPolicy;
+use crate::aws::Aws;
+use crate::desired::{Resource, ResourceId, ResourceSpec, Tags, OWNER_TAG};
+use crate::drivers::{self, Ctx, Driver, DriverError, Observed, Outputs};
+
+macro_rules! with_driver {
+    ($spec:expr, |$driver:ident, $s:ident| $body:expr) => {
+        match $spec {
+            ResourceSpec::Bucket($s) => {
+                let $driver = drivers::s3::Buckets;
+                $body
+            }
+            ResourceSpec::Table($s) => {
+                let $driver = drivers::dynamodb::Tables;
+                $body
+            }
+            ResourceSpec::Repository($s) => {
+                let $driver = drivers::ecr::Repositories;
+                $body
+            }
+            ResourceSpec::LogGroup($s) => {
+                let $driver = drivers::logs::LogGroups;
+                $body
+            }
+            ResourceSpec::Queue($s) => {
+                let $driver = drivers::sqs::Queues;
+                $body
+            }
+            ResourceSpec::Topic($s) => {
+                let $driver = drivers::sns::Topics;
+                $body
+            }
+            ResourceSpec::Role($s) => {
+                let $driver = drivers::iam::Roles;
+                $body
+            }
+            ResourceSpec::Function($s) => {
+                let $driver = drivers::lambda::Functions;
+                $body
+            }
+            ResourceSpec::Permission($s) => {
+                let $driver = drivers::permission::Permissions;
+                $body
+            }
+            ResourceSpec::StateMachine($s) => {
+                let $driver = drivers::sfn::StateMachines;
+                $body
+            }
+            ResourceSpec::RestApi($s) => {
+                let $driver = drivers::apigateway::RestApis;
+                $body
+            }
+            ResourceSpec::Stage($s) => {
+                let $driver = drivers::apigateway::Stages;
+                $body
+            }
+            ResourceSpec::ApiKey($s) => {
+                let $driver = drivers::apigateway::ApiKeys;
+                $body
+            }
+            ResourceSpec::UsagePlan($s) => {
+                let $driver = drivers::apigateway::UsagePlans;
+                $body
+            }
+            ResourceSpec::Alarm($s) => {
+                let $driver = drivers::cloudwatch::Alarms;
+                $body
+            }
+        }
+    };
+}
+
+/// Everything one resource's turn needs.
+pub(super) struct Step<'a> {
+    pub aws: &'a Aws,
+    pub resource: &'a Resource,
+    pub deps: &'a BTreeMap<ResourceId, Outputs>,
+    pub owner: &'a str,
+    pub mode: Mode,
+    pub policy: DriftPolicy,
+    pub memory: &'a Mutex<DriftMemory>,
+}
+
+/// What a turn did, before it is timed into a [`ResourceReport`].
+struct Turn {
+    action: Action,
+    applied: bool,
+    outputs: Outputs,
+}
+
+impl Turn {
+    fn did(action: Action, outputs: Outputs) -> Self {
+        Self {
+            action,
+            applied: true,
+            outputs,
+        }
+    }
+
+    fn saw(action: Action, outputs: Outputs) -> Self {
+        Self {
+            action,
+            applied: false,
+            outputs,
+        }
+    }
+}
+
+impl Step<'_> {
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            aws: self.aws,
+            id: &self.resource.id,
+            owner: self.owner,
+            deps: self.deps,
+        }
+    }
+
+    fn writes(&self) -> bool {
+        self.mode == Mode::Apply && self.policy == DriftPolicy::Correct
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, DriftMemory> {
+        self.memory.lock().expect("drift memory poisoned")
+    }
+
+    fn report(&self, started: Instant, turn: Turn) -> ResourceReport {
+        ResourceReport {
+            id: self.resource.id.clone(),
+            action: turn.action,
+            applied: turn.applied,
+            outputs: turn.outputs,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Forward: bring the resource to the spec.
+    pub async fn converge(&self) -> ResourceReport {
+        let started = Instant::now();
+        let turn = with_driver!(&self.resource.spec, |driver, spec| self
+            .converge_with(&driver, spec)
+            .await);
+        self.report(started, turn)
+    }
+
+    /// Backward: delete the resource if it is ours.
+    pub async fn tear_down(&self) -> ResourceReport {
+        let started = Instant::now();
+        let turn = with_driver!(&self.resource.spec, |driver, spec| self
+            .tear_down_with(&driver, spec)
+            .await);
+        self.report(started, turn)
+    }
+
+    async fn converge_with<D: Driver>(&self, driver: &D, spec: &D::Spec) -> Turn {
+        let ctx = self.ctx();
+        let tags = &self.resource.tags;
+        let id = &self.resource.id;
+        let observed = match driver.observe(&ctx, spec).await {
+            Ok(observed) => observed,
+            Err(e) => return Turn::saw(failure(e.into()), Outputs::default()),
+        };
+        let desired_json = desired_json(spec, tags);
+        let now = chrono::Utc::now();
+        let Some(observed) = observed else {
+            let recreate = self.memory().note_missing(id, now, self.writes());
+            if !self.writes() {
+                return Turn::saw(Action::Create, Outputs::default());
+            }
+            return match driver.create(&ctx, spec, tags).await {
+                Ok(outputs) => {
+                    self.memory().applied(id, desired_json, recreate);
+                    Turn::did(Action::Create, outputs)
+                }
+                Err(e) => Turn::saw(failure(e), Outputs::default()),
+            };
+        };
+        if let Some(conflict) = self.conflict(&observed) {
+            return Turn::saw(conflict, observed.outputs);
+        }
+        let changes = drivers::diff(spec, tags, &observed);
+        if changes.is_empty() {
+            self.memory().applied(id, desired_json, false);
+            return Turn::saw(Action::NoChange, observed.outputs);
+        }
+        let decision =
+            self.memory()
+                .classify(id, &desired_json, &changes.diffs, now, self.writes());
+        if !self.writes() || decision.hold {
+            return Turn::saw(Action::Hold(changes.diffs), observed.outputs);
+        }
+        match driver.update(&ctx, spec, tags, &observed, &changes).await {
+            Ok(outputs) => {
+                self.memory()
+                    .corrected(id, desired_json, &changes.diffs, now);
+                let outputs = if outputs == Outputs::default() {
+                    observed.outputs
+                } else {
+                    outputs
+                };
+                Turn::did(Action::Update(changes.diffs), outputs)
+            }
+            Err(e) => Turn::saw(failure(e), observed.outputs),
+        }
+    }
+
+    async fn tear_down_with<D: Driver>(&self, driver: &D, spec: &D::Spec) -> Turn {
+        let ctx = self.ctx();
+        let observed = match driver.observe(&ctx, spec).await {
+            Ok(Some(observed)) => observed,
+            Ok(None) => return Turn::saw(Action::AlreadyGone, Outputs::default()),
+            Err(e) if e.is_not_found() => {
+                return Turn::saw(Action::AlreadyGone, Outputs::default())
+            }
+            Err(e) => return Turn::saw(failure(e.into()), Outputs::default()),
+        };
+        if observed.owner() != Some(self.owner) {
+            let message = format!(
+                "{} is not owned by {}: not deleted",
+                self.resource.id, self.owner
+            );
+            return Turn::saw(Action::Conflict(message), Outputs::default());
+        }
+        if self.mode == Mode::DryRun {
+            return Turn::saw(Action::Delete, Outputs::default());
+        }
+        match driver.delete(&ctx, &observed).await {
+            Ok(()) => Turn::did(Action::Delete, Outputs::default()),
+            Err(e) if e.is_not_found() => Turn::saw(Action::AlreadyGone, Outputs::default()),
+            Err(e) => Turn::saw(failure(e.into()), Outputs::default()),
+        }
+    }
+
+    /// A resource under our name that this pipeline does not own: left untouched.
+    fn conflict<S>(&self, observed: &Observed<S>) -> Option<Action> {
+        match observed.owner() {
+            Some(owner) if owner == self.owner => None,
+            holder => {
+                let holder = holder
+                    .map(|o| format!("owned by {o}"))
+                    .unwrap_or_else(|| "not tagged by tap-controller".into());
+                Some(Action::Conflict(format!(
+                    "{} exists but is {holder}: left untouched (ownership is proven by the {OWNER_TAG} tag)",
+                    self.resource.id
+                )))
+            }
+        }
+    }
+}
+
+fn failure(e: DriverError) -> Action {
+    match e {
+        DriverError::Wait(reason) => Action::Wait(reason),
+        DriverError::Aws(e) => Action::Fail(e),
+    }
+}
+
+/// The desired spec and tags as JSON, in the shape `drivers::diff` compares.
+fn desired_json<S: Serialize>(spec: &S, tags: &Tags) -> serde_json::Value {
+    let mut value = serde_json::to_value(spec).expect("specs serialize to JSON");
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert(
+            "tags".into(),
+            serde_json::to_value(tags).expect("tags serialize"),
+        );
+    }
+    value
+}

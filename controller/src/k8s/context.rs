@@ -1,0 +1,161 @@
+//! What every reconcile shares: the Kubernetes client, the engine (behind [`Backend`]), metrics, the Event
+//! recorder, the duplicate-suffix guard, and per pipeline its drift memory and failure backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::{Client, Resource};
+
+use super::metrics::Metrics;
+use super::suffix_guard::SuffixGuard;
+use super::FIELD_MANAGER;
+use crate::api::TransactionPipeline;
+use crate::engine::{DriftMemory, Engine, EngineError, Mode, Pipeline, Report};
+
+/// First retry after a transient error; doubles per consecutive failure up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_secs(5);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// What the reconciler needs from the engine: converge or tear down one pipeline. [`Engine`] is the
+/// implementation; tests substitute their own.
+pub trait Backend: Send + Sync {
+    fn reconcile<'a>(
+        &'a self,
+        pipeline: Pipeline<'a>,
+        memory: &'a mut DriftMemory,
+    ) -> BoxFuture<'a, Result<Report, EngineError>>;
+    fn teardown<'a>(&'a self, pipeline: Pipeline<'a>)
+        -> BoxFuture<'a, Result<Report, EngineError>>;
+}
+
+impl Backend for Engine {
+    fn reconcile<'a>(
+        &'a self,
+        pipeline: Pipeline<'a>,
+        memory: &'a mut DriftMemory,
+    ) -> BoxFuture<'a, Result<Report, EngineError>> {
+        Box::pin(async move { Engine::reconcile(self, &pipeline, Mode::Apply, memory).await })
+    }
+
+    fn teardown<'a>(
+        &'a self,
+        pipeline: Pipeline<'a>,
+    ) -> BoxFuture<'a, Result<Report, EngineError>> {
+        Box::pin(async move { Engine::teardown(self, &pipeline, Mode::Apply).await })
+    }
+}
+
+/// The backoff after consecutive transient failures: 5 s, 10 s, 20 s … at most 5 min.
+pub fn failure_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(MIN_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub backend: Arc<dyn Backend>,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    /// Requeue period of a converged pipeline (drift detection).
+    pub resync: Duration,
+    pub suffixes: SuffixGuard,
+    /// Drift memory per pipeline (by uid), between reconciles.
+    memories: Mutex<HashMap<String, DriftMemory>>,
+    /// Backoff per pipeline (`namespace/name`) while it keeps failing transiently.
+    failures: Mutex<HashMap<String, ExponentialBackoff>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        backend: Arc<dyn Backend>,
+        metrics: Metrics,
+        resync: Duration,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            backend,
+            metrics,
+            resync,
+            suffixes: SuffixGuard::default(),
+            memories: Default::default(),
+            failures: Default::default(),
+        }
+    }
+
+    pub fn take_memory(&self, key: &str) -> DriftMemory {
+        self.memories
+            .lock()
+            .expect("memory lock poisoned")
+            .remove(key)
+            .unwrap_or_default()
+    }
+
+    pub fn put_memory(&self, key: &str, memory: DriftMemory) {
+        self.memories
+            .lock()
+            .expect("memory lock poisoned")
+            .insert(key.to_string(), memory);
+    }
+
+    /// Everything kept about a pipeline that is gone.
+    pub fn forget(&self, key: &str, owner: &str) {
+        self.memories
+            .lock()
+            .expect("memory lock poisoned")
+            .remove(key);
+        self.succeeded(owner);
+        self.metrics.set_phase(owner, None);
+    }
+
+    /// The delay before retrying a pipeline that failed again.
+    pub fn next_backoff(&self, owner: &str) -> Duration {
+        self.failures
+            .lock()
+            .expect("failures lock poisoned")
+            .entry(owner.to_string())
+            .or_insert_with(failure_backoff)
+            .next()
+            .unwrap_or(MAX_BACKOFF)
+    }
+
+    pub fn succeeded(&self, owner: &str) {
+        self.failures
+            .lock()
+            .expect("failures lock poisoned")
+            .remove(owner);
+    }
+
+    pub async fn publish(&self, pipeline: &TransactionPipeline, event: &Event) {
+        let reference: ObjectReference = pipeline.object_ref(&());
+        if let Err(e) = self.recorder.publish(event, &reference).await {
+            tracing::warn!(pipeline = %pipeline.owner_key(), reason = %event.reason, error = %e, "publishing an event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_5s_to_5min() {
+        let seconds: Vec<u64> = failure_backoff().take(8).map(|d| d.as_secs()).collect();
+        assert_eq!(seconds, [5, 10, 20, 40, 80, 160, 300, 300]);
+    }
+}

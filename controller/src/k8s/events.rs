@@ -1,0 +1,190 @@
+//! The Events of a reconcile, as data: from the previous status and what the walk did, one Event per
+//! transition (phase change, resource created/updated/deleted, new failure or conflict, newly detected
+//! drift). Pure: publishing is the reconciler's.
+
+use kube::runtime::events::{Event, EventType};
+
+use crate::api::{DriftEntry, Phase, TransactionPipelineStatus};
+use crate::engine::{Action, Report};
+
+use super::error::ErrorCategory;
+
+/// Kubernetes limits: an Event's note to 1 kB, its action to 128 bytes.
+const NOTE_LIMIT: usize = 1000;
+const ACTION_LIMIT: usize = 128;
+
+pub fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(note, NOTE_LIMIT)),
+        action: truncate(action.to_string(), ACTION_LIMIT),
+        secondary: None,
+    }
+}
+
+/// A Warning about a problem of `category` (its reason is the category's).
+pub fn problem(category: ErrorCategory, action: &str, note: String) -> Event {
+    event(EventType::Warning, category.reason(), action, note)
+}
+
+/// The `action` of an Event about one AWS resource (or one of its fields). The recorder folds events with
+/// the same type, reason, action and object into one series (its note is the first one's), so naming the
+/// subject in the action keeps one event per resource or drifted field while a repeat of the same one
+/// still folds into its series. `kubectl describe` does not show the action.
+fn subject_action(verb: &str, kind: &str, name: &str, field: Option<&str>) -> String {
+    match field {
+        Some(field) => format!("{verb} {kind} {name} {field}"),
+        None => format!("{verb} {kind} {name}"),
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// `PhaseChanged` when the phase differs from the previous one (a Warning when it is Failed).
+pub fn phase_changed(previous: Option<Phase>, phase: Phase, why: &str) -> Option<Event> {
+    if previous == Some(phase) {
+        return None;
+    }
+    let from = previous.map(Phase::as_str).unwrap_or("(none)");
+    let type_ = if phase == Phase::Failed {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    let mut note = format!("phase {from} → {}", phase.as_str());
+    if !why.is_empty() {
+        note.push_str(": ");
+        note.push_str(why);
+    }
+    Some(event(type_, "PhaseChanged", "Reconcile", note))
+}
+
+/// The drift entries not in the previous status (same resource, field and first-seen time).
+pub fn new_drift<'a>(
+    previous: Option<&TransactionPipelineStatus>,
+    report: &'a Report,
+) -> Vec<&'a DriftEntry> {
+    report
+        .drift
+        .iter()
+        .filter(|d| {
+            !previous.is_some_and(|s| {
+                s.drift.iter().any(|x| {
+                    x.kind == d.kind
+                        && x.name == d.name
+                        && x.field == d.field
+                        && x.first_seen == d.first_seen
+                })
+            })
+        })
+        .collect()
+}
+
+/// The Events of a forward walk.
+pub fn walk_events(
+    previous: Option<&TransactionPipelineStatus>,
+    report: &Report,
+    phase: Phase,
+) -> Vec<Event> {
+    let why = match phase {
+        Phase::Failed => report.first_failure(),
+        _ => String::new(),
+    };
+    let mut events: Vec<Event> = phase_changed(previous.and_then(|s| s.phase), phase, &why)
+        .into_iter()
+        .collect();
+    for r in &report.resources {
+        let (type_, reason) = match (&r.action, r.applied) {
+            (Action::Create, true) => (EventType::Normal, "Created"),
+            (Action::Update(_), true) => (EventType::Normal, "Updated"),
+            (Action::Delete, true) => (EventType::Normal, "Deleted"),
+            (Action::Fail(_), _) | (Action::Conflict(_), _) => {
+                let message = r.message();
+                let seen = previous.is_some_and(|s| {
+                    s.resources.iter().any(|x| {
+                        x.kind == r.id.kind.as_str() && x.name == r.id.name && x.message == message
+                    })
+                });
+                if seen {
+                    continue;
+                }
+                let reason = if matches!(r.action, Action::Conflict(_)) {
+                    "ResourceConflict"
+                } else {
+                    "AwsError"
+                };
+                (EventType::Warning, reason)
+            }
+            _ => continue,
+        };
+        let action = subject_action(reason, r.id.kind.as_str(), &r.id.name, None);
+        events.push(event(
+            type_,
+            reason,
+            &action,
+            format!("{}: {}", r.id, r.message()),
+        ));
+    }
+    for d in new_drift(previous, report) {
+        events.push(event(
+            EventType::Warning,
+            "DriftDetected",
+            &subject_action("DetectDrift", &d.kind, &d.name, Some(&d.field)),
+            format!(
+                "{} {} field {}: expected {}, actual {} ({:?})",
+                d.kind, d.name, d.field, d.expected, d.actual, d.action
+            ),
+        ));
+    }
+    events
+}
+
+/// The Events of a teardown: one per deleted resource.
+pub fn teardown_events(report: &Report) -> Vec<Event> {
+    report
+        .resources
+        .iter()
+        .filter(|r| r.applied && r.action == Action::Delete)
+        .map(|r| {
+            event(
+                EventType::Normal,
+                "Deleted",
+                &subject_action("Delete", r.id.kind.as_str(), &r.id.name, None),
+                format!("{}: deleted", r.id),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phase_event_only_on_a_change_and_a_warning_for_failed() {
+        assert!(phase_changed(Some(Phase::Ready), Phase::Ready, "").is_none());
+        let failed = phase_changed(Some(Phase::Ready), Phase::Failed, "boom").unwrap();
+        assert_eq!(failed.type_, EventType::Warning);
+        assert_eq!(failed.note.as_deref(), Some("phase Ready → Failed: boom"));
+        let first = phase_changed(None, Phase::Provisioning, "").unwrap();
+        assert_eq!(first.note.as_deref(), Some("phase (none) → Provisioning"));
+    }
+
+    #[test]
+    fn notes_and_actions_are_cut_to_the_api_limits_on_a_char_boundary() {
+        let e = event(EventType::Normal, "R", &"é".repeat(100), "ü".repeat(600));
+        assert!(e.note.as_ref().unwrap().len() <= NOTE_LIMIT);
+        assert!(e.action.len() <= ACTION_LIMIT);
+        assert!(e.action.chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,72 @@
+//! Writing status: server-side apply of the status subresource, and the statuses of problems found before
+//! (or instead of) a walk of AWS. A walk's own status comes from [`Report::status`](crate::engine::Report).
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::Resource;
+use serde_json::json;
+
+use super::FIELD_MANAGER;
+use crate::api::{ConditionType, Phase, TransactionPipeline, TransactionPipelineStatus};
+
+/// Server-side apply of the status subresource under the field manager `tap-controller`.
+pub async fn patch_status(
+    api: &Api<TransactionPipeline>,
+    name: &str,
+    status: &TransactionPipelineStatus,
+) -> Result<(), kube::Error> {
+    let body = json!({
+        "apiVersion": TransactionPipeline::api_version(&()),
+        "kind": TransactionPipeline::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The previous status with a problem recorded: phase, Ready false and Degraded true with `reason`; what
+/// was known of the stack stays.
+pub fn problem(
+    pipeline: &TransactionPipeline,
+    phase: Phase,
+    reason: &str,
+    message: &str,
+) -> TransactionPipelineStatus {
+    let mut status = pipeline.status.clone().unwrap_or_default();
+    status.observed_generation = pipeline.metadata.generation;
+    status.phase = Some(phase);
+    status.set_condition(ConditionType::Ready, false, reason, message);
+    status.set_condition(ConditionType::Degraded, true, reason, message);
+    if status.condition(ConditionType::Drifted).is_none() {
+        status.set_condition(ConditionType::Drifted, false, "Unknown", "AWS was not read");
+    }
+    status
+}
+
+/// Another, older pipeline owns the suffix: Failed, with the Conflict condition.
+pub fn duplicate_suffix(
+    pipeline: &TransactionPipeline,
+    message: &str,
+) -> TransactionPipelineStatus {
+    let mut status = problem(pipeline, Phase::Failed, "DuplicateSuffix", message);
+    status.set_condition(ConditionType::Conflict, true, "DuplicateSuffix", message);
+    status
+}
+
+/// Teardown has started.
+pub fn deleting(pipeline: &TransactionPipeline) -> TransactionPipelineStatus {
+    let mut status = pipeline.status.clone().unwrap_or_default();
+    status.observed_generation = pipeline.metadata.generation;
+    status.phase = Some(Phase::Deleting);
+    status.set_condition(
+        ConditionType::Ready,
+        false,
+        "Deleting",
+        "tearing the AWS stack down",
+    );
+    status
+}
