@@ -405,6 +405,24 @@ async fn second_replica_waits_then_takes_over_within_the_lease_duration_never_bo
         .object("coordination.k8s.io/leases", "tap-system", "tap-controller")
         .expect("the Lease");
     assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    // The lock is the API server's field ownership of holderIdentity: it refuses another manager's
+    // apply only if each replica applies under a field manager of its own.
+    let managers: BTreeSet<String> = api
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/leases/") && r.content_type.contains("apply-patch"))
+        .filter_map(|r| {
+            r.query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("fieldManager="))
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(
+        managers.len(),
+        2,
+        "one field manager per replica: {managers:?}"
+    );
     b.stop().await;
     let lease = api
         .object("coordination.k8s.io/leases", "tap-system", "tap-controller")
