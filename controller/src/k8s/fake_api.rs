@@ -397,6 +397,26 @@ impl FakeApi {
                 let _ = held.wait_for(|h| !*h).await;
                 self.list(namespace)
             }
+            ("GET", None) => {
+                // Any other collection: what is stored (e.g. nothing: no nodes, no Deployments).
+                let inner = self.inner.lock().expect("fake api");
+                let items: Vec<&Value> = inner
+                    .objects
+                    .iter()
+                    .filter(|((c, ns, _), _)| {
+                        *c == collection && namespace.as_ref().is_none_or(|n| n == ns)
+                    })
+                    .map(|(_, o)| o)
+                    .collect();
+                ok(
+                    200,
+                    &json!({
+                        "apiVersion": "v1", "kind": "List",
+                        "metadata": {"resourceVersion": inner.resource_version.to_string()},
+                        "items": items,
+                    }),
+                )
+            }
             ("GET", Some(name)) => {
                 let key = (collection, namespace.unwrap_or_default(), name);
                 match self.inner.lock().expect("fake api").objects.get(&key) {
