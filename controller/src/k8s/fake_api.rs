@@ -108,10 +108,10 @@ impl Default for FakeApi {
 
 const PIPELINES: &str = "tap.dev/transactionpipelines";
 
-fn collection_of(
-    segments: &[&str],
-) -> Option<(String, Option<String>, Option<String>, Option<String>)> {
-    // -> (collection, namespace, name, subresource)
+/// (collection, namespace, name, subresource) of a request path.
+type Address = (String, Option<String>, Option<String>, Option<String>);
+
+fn collection_of(segments: &[&str]) -> Option<Address> {
     let (group, rest) = match segments {
         ["api", _v, rest @ ..] => ("", rest),
         ["apis", group, _v, rest @ ..] => (*group, rest),
