@@ -76,23 +76,20 @@ false
 {{- end -}}
 
 {{/*
-The controller's rules on the namespaced resources it works on. Exactly the API use of the binary:
-TransactionPipelines (and their status and finalizers), the API key Secret (server-side apply),
-and Events.
+The controller's rules on the namespaced resources it works on: exactly the API use of the binary
+(controller/src/k8s/rbac.rs, tested against every request it makes), plus delete on Secrets for the
+OwnerReferencesPermissionEnforcement admission plugin (the API key Secret carries an ownerReference).
 */}}
 {{- define "tap-controller.workloadRules" -}}
 - apiGroups: ["tap.dev"]
   resources: ["transactionpipelines"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["tap.dev"]
   resources: ["transactionpipelines/status"]
-  verbs: ["get", "patch"]
-- apiGroups: ["tap.dev"]
-  resources: ["transactionpipelines/finalizers"]
-  verbs: ["update"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

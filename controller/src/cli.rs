@@ -80,6 +80,13 @@ pub struct RunArgs {
     pub leader_election: bool,
     #[arg(long, env = "TAP_LEASE_NAME", default_value = "tap-controller")]
     pub lease_name: String,
+    /// Seconds the Lease stays valid without renewal (a standby takes over within this).
+    #[arg(long, env = "TAP_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub lease_duration_seconds: u64,
+    /// Seconds in-flight reconciles may run on after SIGTERM before they are abandoned; the process
+    /// exits at the latest 5 s after that.
+    #[arg(long, env = "TAP_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 5)]
+    pub shutdown_timeout_seconds: u64,
     /// Tags added to every AWS resource, `k=v,k2=v2`.
     #[arg(long, env = "TAP_EXTRA_TAGS", default_value = "", value_parser = parse_tags)]
     pub extra_tags: BTreeMap<String, String>,

@@ -25,9 +25,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             init_tracing(&args.logging);
-            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await;
             let config = tap_controller::k8s::RunConfig {
                 resync: std::time::Duration::from_secs(args.resync_seconds),
                 concurrency: args.concurrency,
@@ -39,10 +36,31 @@ async fn main() -> anyhow::Result<()> {
                     .collect(),
                 leader_election: args.leader_election,
                 lease_name: args.lease_name,
+                lease_namespace: tap_controller::k8s::leader::lease_namespace(),
+                identity: tap_controller::k8s::leader::identity(),
+                lease_duration_seconds: args.lease_duration_seconds,
+                shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_seconds),
                 extra_tags: args.extra_tags,
             };
-            tap_controller::k8s::run(config, sdk).await?;
-            0
+            // First, so that a signal during start-up is a shutdown too (not the default: death).
+            let shutdown =
+                match tap_controller::k8s::Shutdown::on_signals(config.shutdown_deadline()) {
+                    Ok(shutdown) => shutdown,
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "cannot start");
+                        std::process::exit(1);
+                    }
+                };
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            match tap_controller::k8s::run(config, sdk, shutdown).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "the controller stopped");
+                    1
+                }
+            }
         }
         Command::Apply(args) => cli::apply(&args).await?,
         Command::Plan(args) => match cli::plan(&args).await {

@@ -237,23 +237,33 @@ fn expected(rules: &[(&str, &str, &[&str])]) -> BTreeMap<(String, String), BTree
         .collect()
 }
 
-/// The controller's API use on the namespaced resources it reconciles (the binary's contract).
-const WORKLOAD_RULES: &[(&str, &str, &[&str])] = &[
-    (
-        "tap.dev",
-        "transactionpipelines",
-        &["get", "list", "watch", "patch"],
-    ),
-    ("tap.dev", "transactionpipelines/status", &["get", "patch"]),
-    ("tap.dev", "transactionpipelines/finalizers", &["update"]),
-    ("", "secrets", &["get", "create", "patch"]),
-    ("events.k8s.io", "events", &["create", "patch"]),
-];
-const LEASE_RULE: (&str, &str, &[&str]) = (
-    "coordination.k8s.io",
-    "leases",
-    &["get", "create", "patch", "update"],
-);
+/// The controller's API use on the namespaced resources it reconciles: the binary's contract
+/// (`tap_controller::k8s::rbac`, itself tested against every request the controller makes through
+/// a pipeline's life, so the chart is pinned to what the controller calls).
+const WORKLOAD_RULES: &[(&str, &str, &[&str])] = tap_controller::k8s::rbac::WORKLOAD_RULES;
+const LEASE_RULES: &[(&str, &str, &[&str])] = tap_controller::k8s::rbac::LEASE_RULES;
+
+#[test]
+fn rbac_contract_is_the_one_the_issue_settled() {
+    // Spelled out once more, so that a change of the contract is a visible change of this test.
+    assert_eq!(
+        expected(WORKLOAD_RULES),
+        expected(&[
+            (
+                "tap.dev",
+                "transactionpipelines",
+                &["list", "watch", "patch"]
+            ),
+            ("tap.dev", "transactionpipelines/status", &["patch"]),
+            ("", "secrets", &["get", "create", "patch", "delete"]),
+            ("events.k8s.io", "events", &["create", "patch"]),
+        ])
+    );
+    assert_eq!(
+        expected(LEASE_RULES),
+        expected(&[("coordination.k8s.io", "leases", &["get", "create", "patch"])])
+    );
+}
 
 /// Every binding grants its role to the chart's ServiceAccount in the release namespace, and
 /// names a role that the chart renders in the same scope.
@@ -342,7 +352,7 @@ fn rbac_with_leader_election_adds_only_the_lease_role_in_the_release_namespace()
     ] {
         let r = render(values.clone());
         let mut want = expected(WORKLOAD_RULES);
-        want.extend(expected(&[LEASE_RULE]));
+        want.extend(expected(LEASE_RULES));
         assert_eq!(r.rbac(), want, "with {values}");
         let roles = r.of_kind("Role");
         assert_eq!(roles.len(), 1);
@@ -350,7 +360,7 @@ fn rbac_with_leader_election_adds_only_the_lease_role_in_the_release_namespace()
             roles[0]["metadata"]["namespace"], NAMESPACE,
             "the Lease lives in POD_NAMESPACE"
         );
-        assert_eq!(rules_of(roles.into_iter()), expected(&[LEASE_RULE]));
+        assert_eq!(rules_of(roles.into_iter()), expected(LEASE_RULES));
         assert_bindings_target_service_account(&r);
     }
 }
@@ -430,7 +440,15 @@ fn pod_runs_under_the_restricted_security_profile() {
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
     assert_eq!(r.env()["TAP_METRICS_ADDR"], "0.0.0.0:8080");
-    assert!(pod["terminationGracePeriodSeconds"].as_i64().unwrap() >= 30);
+    // The grace period outlasts the controller's worst-case shutdown: the drain of in-flight
+    // reconciles (TAP_SHUTDOWN_TIMEOUT_SECONDS), then at most SHUTDOWN_SLACK (Lease, HTTP server).
+    let drain: u64 = r.env()["TAP_SHUTDOWN_TIMEOUT_SECONDS"].parse().unwrap();
+    let worst = drain + tap_controller::k8s::SHUTDOWN_SLACK.as_secs();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > worst,
+        "terminationGracePeriodSeconds {grace} <= worst-case shutdown {worst} s"
+    );
 
     // POD_NAMESPACE from the downward API (the Lease's namespace).
     assert_eq!(
@@ -453,7 +471,8 @@ fn values_flow_into_the_deployment() {
         "logFormat": "text",
         "watchNamespaces": ["payments", "risk"],
         "extraTags": {"team": "payments", "cost-center": "42", "owner": "platform@example.com"},
-        "leaderElection": {"leaseName": "tap-lease"},
+        "leaderElection": {"leaseName": "tap-lease", "leaseDurationSeconds": 20},
+        "shutdownTimeoutSeconds": 30,
         "metrics": {"port": 9090, "service": {"port": 9091}},
         "serviceAccount": {
             "roleArn": "arn:aws:iam::123456789012:role/tap-controller",
@@ -482,6 +501,8 @@ fn values_flow_into_the_deployment() {
         ),
         ("TAP_LEADER_ELECTION", "true"),
         ("TAP_LEASE_NAME", "tap-lease"),
+        ("TAP_LEASE_DURATION_SECONDS", "20"),
+        ("TAP_SHUTDOWN_TIMEOUT_SECONDS", "30"),
         ("TAP_METRICS_ADDR", "0.0.0.0:9090"),
     ];
     for (name, value) in want {
@@ -520,6 +541,25 @@ fn values_flow_into_the_deployment() {
             .contains("arn:aws:iam::123456789012:role/tap-controller"),
         "{}",
         r.notes
+    );
+}
+
+#[test]
+fn a_grace_period_shorter_than_the_shutdown_is_refused() {
+    require_helm!();
+    let err =
+        render_error(json!({"shutdownTimeoutSeconds": 30, "terminationGracePeriodSeconds": 35}));
+    assert!(
+        err.contains(
+            "terminationGracePeriodSeconds (35) must be at least shutdownTimeoutSeconds + 10 (40)"
+        ),
+        "{err}"
+    );
+    let r = render(json!({"shutdownTimeoutSeconds": 30, "terminationGracePeriodSeconds": 40}));
+    assert_eq!(r.env()["TAP_SHUTDOWN_TIMEOUT_SECONDS"], "30");
+    assert_eq!(
+        r.deployment()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+        40
     );
 }
 

@@ -29,6 +29,12 @@ pub fn lease_namespace() -> String {
         .unwrap_or_else(|| "default".into())
 }
 
+/// How long before the end of its term the holder renews the Lease: a third of the duration, at least
+/// 1 s (15 s → every 10 s, like client-go's defaults).
+pub fn grace_seconds(duration_seconds: u64) -> u64 {
+    (duration_seconds / 3).max(1)
+}
+
 /// A running candidacy: the lease manager task renews or contends for the Lease in the background.
 pub struct Leadership {
     state: watch::Receiver<bool>,
@@ -36,17 +42,24 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// Starts contending for `lease_name` in `namespace` (the Lease is created when missing).
+    /// Starts contending for `lease_name` in `namespace` (the Lease is created when missing). The
+    /// holder renews it `grace_seconds(duration)` before it would expire; a standby looks again when
+    /// the holder's term ends, so it takes over at most `duration_seconds` after the last renewal.
     pub async fn join(
         client: Client,
         lease_name: &str,
         namespace: &str,
         identity: &str,
+        duration_seconds: u64,
     ) -> anyhow::Result<Self> {
         let manager = LeaseManagerBuilder::new(client, lease_name)
             .with_namespace(namespace)
             .with_identity(identity)
-            .with_field_manager("tap-controller-lease")
+            .with_duration(duration_seconds)
+            .with_grace(grace_seconds(duration_seconds))
+            // One field manager per identity: the API server's field ownership then refuses a
+            // second holder's server-side apply of holderIdentity (409), which is the lock.
+            .with_field_manager(format!("tap-controller-lease-{identity}"))
             .build()
             .await
             .with_context(|| format!("preparing Lease {namespace}/{lease_name}"))?;
@@ -160,7 +173,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         serve_leases(server, seen.clone());
 
-        let mut leadership = Leadership::join(client, "tap-controller", "tap-system", "pod-a")
+        let mut leadership = Leadership::join(client, "tap-controller", "tap-system", "pod-a", 15)
             .await
             .expect("join");
         tokio::time::timeout(Duration::from_secs(20), leadership.acquired())

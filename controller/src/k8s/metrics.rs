@@ -122,6 +122,8 @@ impl Metrics {
                 })
                 .set(0);
         }
+        // RSS, CPU seconds, open file descriptors, … of this process, read at each scrape.
+        registry.register_collector(Box::new(super::process_metrics::ProcessCollector));
         Self {
             registry: Arc::new(registry),
             reconciles,

@@ -2,33 +2,38 @@
 //! and the HTTP server for `/metrics`, `/healthz` and `/readyz`.
 //!
 //! Readiness (`/readyz`): without leader election, 200 once every watcher has listed its
-//! TransactionPipelines (the reflector stores are ready). With leader election, 200 once this process
-//! takes part in the election: a standby waiting for the Lease is ready (it can take over at once), and
-//! the leader is ready too. `/healthz` is 200 while the process runs.
+//! TransactionPipelines (seen on the watch stream: its first `InitDone`). With leader election, 200
+//! once this process takes part in the election: a standby waiting for the Lease is ready (it can take
+//! over at once), and the leader is ready too. `/healthz` is 200 while the process runs.
 //!
-//! RBAC the controller uses:
-//! - `tap.dev` `transactionpipelines`: list, watch (the watcher), patch (finalizer JSON patches);
-//!   `transactionpipelines/status`: patch (server-side apply).
-//! - core `secrets`: get, create, patch (server-side apply of `<pipeline>-api-key`; an apply that
-//!   creates the object is also authorized as `create`).
-//! - `events.k8s.io` `events`: create, patch (a repeated event becomes a series).
-//! - `coordination.k8s.io` `leases` (with leader election): get, create, patch.
+//! Shutdown (SIGTERM or Ctrl-C): no new reconcile starts, the in-flight ones get `shutdown_timeout`
+//! (default 5 s) and are then abandoned, the Lease is released; a second signal exits at once, and the
+//! process exits by itself at the latest `shutdown_timeout + SHUTDOWN_SLACK` after the first.
+//!
+//! RBAC the controller uses: [`rbac`] (the chart's rules are tested against it, and it against the
+//! requests the controller makes).
 
 pub mod context;
 pub mod error;
 pub mod events;
 #[cfg(any(test, feature = "testing"))]
+pub mod fake_api;
+#[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod leader;
 pub mod metrics;
+pub mod process_metrics;
+pub mod rbac;
 pub mod reconcile;
+#[cfg(test)]
+mod run_tests;
 pub mod secret;
 pub mod status;
 pub mod suffix_guard;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +43,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, WatchStreamExt};
 use kube::Client;
@@ -67,8 +72,17 @@ pub struct RunConfig {
     /// Namespaces to watch; empty = all.
     pub namespaces: Vec<String>,
     pub leader_election: bool,
-    /// Name of the Lease (namespace: `POD_NAMESPACE`, default `default`).
+    /// Name of the Lease.
     pub lease_name: String,
+    /// Namespace of the Lease (`POD_NAMESPACE`, default `default`).
+    pub lease_namespace: String,
+    /// This process's identity in the Lease.
+    pub identity: String,
+    /// How long the Lease stays valid without renewal: a standby takes over at most this long after
+    /// the leader stopped renewing (at once after a release, as soon as it looks again).
+    pub lease_duration_seconds: u64,
+    /// How long in-flight reconciles may run on after a termination signal before they are abandoned.
+    pub shutdown_timeout: Duration,
     /// Tags added to every AWS resource.
     pub extra_tags: BTreeMap<String, String>,
 }
@@ -122,40 +136,141 @@ async fn serve_ready(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn termination() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
+/// How long the Lease release may take on shutdown before it is given up (the Lease then expires
+/// after its duration).
+pub const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the HTTP server gets to finish the requests it is answering on shutdown.
+pub const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+/// What a shutdown takes at most beyond the drain of in-flight reconciles: the Lease release, the HTTP
+/// server, and a margin. After `shutdown_timeout + SHUTDOWN_SLACK` the process exits regardless.
+pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
+impl RunConfig {
+    /// The most a shutdown takes from the first termination signal to the exit.
+    pub fn shutdown_deadline(&self) -> Duration {
+        self.shutdown_timeout + SHUTDOWN_SLACK
+    }
+}
+
+/// A request to shut down, seen by every part of [`serve`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// Requests the shutdown of a [`Shutdown`] made by [`Shutdown::manual`].
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Shutdown {
+    /// A shutdown requested only through the returned trigger (tests, embedding).
+    pub fn manual() -> (ShutdownTrigger, Self) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Self(rx))
+    }
+
+    /// Listens for SIGTERM and SIGINT (Ctrl-C). The first one requests the shutdown and arms a
+    /// watchdog: if the process still runs `deadline` later it exits with status 1. A second signal
+    /// exits at once with status 128 + its number (143 for SIGTERM, 130 for SIGINT).
+    pub fn on_signals(deadline: Duration) -> anyhow::Result<Self> {
+        let (trigger, shutdown) = Self::manual();
+        let mut signals = Signals::new()?;
+        tokio::spawn(async move {
+            let first = signals.next().await;
+            tracing::info!(
+                signal = first.name,
+                deadline = ?deadline,
+                "termination signal: shutting down (a second signal exits at once)"
+            );
+            trigger.trigger();
+            tokio::select! {
+                second = signals.next() => {
+                    tracing::warn!(signal = second.name, "second termination signal: exiting now");
+                    std::process::exit(128 + second.number);
                 }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+                _ = tokio::time::sleep(deadline) => {
+                    tracing::error!(deadline = ?deadline, "the shutdown did not finish in time: exiting now");
+                    std::process::exit(1);
+                }
+            }
+        });
+        Ok(shutdown)
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the shutdown is requested.
+    pub fn requested(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            // An error means the trigger is gone without a request: never resolve then.
+            if rx.wait_for(|requested| *requested).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
-async fn until_true(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            return;
+struct Received {
+    name: &'static str,
+    number: i32,
+}
+
+/// SIGTERM and SIGINT, registered once (so a second signal is caught, not fatal by default).
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    async fn next(&mut self) -> Received {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => Received { name: "SIGTERM", number: 15 },
+                _ = self.int.recv() => Received { name: "SIGINT", number: 2 },
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Received {
+                name: "Ctrl-C",
+                number: 2,
+            }
         }
     }
 }
 
-/// Runs the controller until SIGTERM: HTTP server, leader election (optional), Controller(s).
-pub async fn run(config: RunConfig, sdk: aws_config::SdkConfig) -> anyhow::Result<()> {
+/// Runs the controller until `shutdown`: connects with the default kube configuration (in-cluster
+/// or `KUBECONFIG`), binds the HTTP server, then [`serve`].
+pub async fn run(
+    config: RunConfig,
+    sdk: aws_config::SdkConfig,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -163,28 +278,49 @@ pub async fn run(config: RunConfig, sdk: aws_config::SdkConfig) -> anyhow::Resul
     let observer = metrics.clone();
     let engine = Engine::new(sdk, config.concurrency, config.extra_tags.clone())
         .with_call_observer(move |service, operation| observer.aws_call(service, operation));
+    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", config.metrics_addr))?;
+    serve(
+        client,
+        &config,
+        Arc::new(engine),
+        metrics,
+        listener,
+        shutdown,
+    )
+    .await
+}
+
+/// The controller on a given client, backend and listener, until `shutdown`: the HTTP server,
+/// leader election (optional) and the Controller(s).
+///
+/// On shutdown: no new reconcile starts; in-flight ones get `config.shutdown_timeout` to finish and are
+/// then abandoned (dropped at their next await point: a walk only ever moves AWS towards the spec,
+/// and the next start observes where it stopped); the Lease is released (bounded by
+/// [`LEASE_RELEASE_TIMEOUT`]); the HTTP server stops (bounded by [`HTTP_STOP_TIMEOUT`]).
+pub async fn serve(
+    client: Client,
+    config: &RunConfig,
+    backend: Arc<dyn Backend>,
+    metrics: Metrics,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(
         client.clone(),
-        Arc::new(engine),
+        backend,
         metrics.clone(),
         config.resync,
     ));
     let health = Health::default();
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        termination().await;
-        tracing::info!("termination signal: shutting down");
-        let _ = shutdown_tx.send(true);
-    });
-
-    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
-        .await
-        .with_context(|| format!("binding {}", config.metrics_addr))?;
-    tracing::info!(addr = %config.metrics_addr, "serving /metrics, /healthz, /readyz");
+    let addr = listener
+        .local_addr()
+        .context("the HTTP listener's address")?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     let server = {
         let app = router(metrics, health.clone());
-        let stop = until_true(shutdown_rx.clone());
+        let stop = shutdown.requested();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
@@ -196,40 +332,74 @@ pub async fn run(config: RunConfig, sdk: aws_config::SdkConfig) -> anyhow::Resul
     };
 
     let result = if config.leader_election {
-        lead(&config, client, ctx, health.clone(), shutdown_rx.clone()).await
+        lead(config, client, ctx, health.clone(), shutdown.clone()).await
     } else {
+        let stop = shutdown.requested();
         run_controllers(
             client,
             &config.namespaces,
             ctx,
-            health.clone(),
-            true,
-            until_true(shutdown_rx.clone()),
+            Some(health.clone()),
+            async move {
+                stop.await;
+                Stop::Shutdown
+            },
+            config.shutdown_timeout,
         )
         .await;
         Ok(())
     };
     health.set_ready(false);
-    // The server stops on the same signal; if the controller ended on its own (error), stop it too.
-    if !*shutdown_rx.borrow() {
+    // The server stops on the same request; if the controller ended on its own (error), stop it too.
+    if shutdown.is_requested() {
+        let abort = server.abort_handle();
+        if tokio::time::timeout(HTTP_STOP_TIMEOUT, server)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    } else {
         server.abort();
     }
-    let _ = server.await;
+    tracing::info!("stopped");
     result
 }
 
-/// Contends for the Lease; runs the controllers while holding it; stops them when it is lost.
+/// Why [`run_controllers`] is asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The process shuts down: in-flight reconciles may finish within the drain period.
+    Shutdown,
+    /// The Lease is lost: another replica may be reconciling already, so stop at once.
+    LeadershipLost,
+}
+
+/// Contends for the Lease; runs the controllers while holding it; stops them when it is lost; releases
+/// it on shutdown.
 async fn lead(
     config: &RunConfig,
     client: Client,
     ctx: Arc<Context>,
     health: Health,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let namespace = leader::lease_namespace();
-    let identity = leader::identity();
-    let mut leadership =
-        leader::Leadership::join(client.clone(), &config.lease_name, &namespace, &identity).await?;
+    let namespace = config.lease_namespace.as_str();
+    let identity = config.identity.as_str();
+    let join = leader::Leadership::join(
+        client.clone(),
+        &config.lease_name,
+        namespace,
+        identity,
+        config.lease_duration_seconds,
+    );
+    let mut leadership = tokio::select! {
+        joined = join => joined?,
+        _ = shutdown.requested() => {
+            tracing::info!("shutting down before joining the leader election");
+            return Ok(());
+        }
+    };
     health.set_ready(true);
     tracing::info!(lease = %config.lease_name, %namespace, %identity, "joined leader election");
     let result = loop {
@@ -239,55 +409,108 @@ async fn lead(
                     break Err(e);
                 }
             }
-            _ = until_true(shutdown.clone()) => break Ok(()),
+            _ = shutdown.requested() => break Ok(()),
         }
         tracing::info!(%identity, "acquired the lease: starting the controller");
-        let (lost_tx, lost_rx) = oneshot::channel::<()>();
         let stop = {
-            let shutdown = shutdown.clone();
+            let shutdown = shutdown.requested();
+            let lost = leadership.lost();
             async move {
                 tokio::select! {
-                    _ = until_true(shutdown) => {}
-                    _ = lost_rx => {}
+                    _ = shutdown => Stop::Shutdown,
+                    _ = lost => Stop::LeadershipLost,
                 }
             }
         };
-        let controllers = run_controllers(
+        let why = run_controllers(
             client.clone(),
             &config.namespaces,
             ctx.clone(),
-            health.clone(),
-            false,
+            None,
             stop,
-        );
-        tokio::pin!(controllers);
-        tokio::select! {
-            _ = &mut controllers => {}
-            _ = leadership.lost() => {
-                tracing::warn!(%identity, "lost the lease: stopping the controller");
-                let _ = lost_tx.send(());
-                controllers.await;
-            }
+            config.shutdown_timeout,
+        )
+        .await;
+        if why == Some(Stop::LeadershipLost) {
+            tracing::warn!(%identity, "lost the lease: the controller stopped");
         }
-        if *shutdown.borrow() {
+        if shutdown.is_requested() {
             break Ok(());
         }
     };
-    leadership.release().await;
+    match tokio::time::timeout(LEASE_RELEASE_TIMEOUT, leadership.release()).await {
+        Ok(()) => {}
+        Err(_) => tracing::warn!(
+            timeout = ?LEASE_RELEASE_TIMEOUT,
+            "the Lease was not released in time: it expires after its duration"
+        ),
+    }
     result
 }
 
-/// Runs one Controller over all namespaces (or one per listed namespace) until `stop` resolves, then
-/// lets in-flight reconciles finish. With `readiness`, marks the process ready once every store is
-/// ready (the watchers have listed their objects).
+/// Reconciles in flight (started and neither finished nor dropped).
+#[derive(Clone)]
+struct InFlight(Arc<watch::Sender<usize>>);
+
+struct InFlightGuard(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn new() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+
+    fn enter(&self) -> InFlightGuard {
+        self.0.send_modify(|n| *n += 1);
+        InFlightGuard(self.0.clone())
+    }
+
+    fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    async fn idle(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Marks the process ready once every watcher has listed its objects (its first `InitDone`, after
+/// which its reflector store holds them). Observed on the watch stream itself: the store's own
+/// readiness signal wakes one waiter only, and the Controller is already waiting on it.
+struct Readiness {
+    health: Health,
+    pending: AtomicUsize,
+}
+
+impl Readiness {
+    fn listed(&self) {
+        if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.health.set_ready(true);
+            tracing::info!("watchers are running: ready");
+        }
+    }
+}
+
+/// Runs one Controller over all namespaces (or one per listed namespace) until `stop` resolves.
+/// With `readiness`, marks the process ready once every watcher has listed its objects.
+///
+/// On [`Stop::Shutdown`] no new reconcile starts and the in-flight ones get `drain` to finish; on
+/// [`Stop::LeadershipLost`] (or once `drain` is over) they are abandoned. Returns why it stopped
+/// (`None`: the controllers ended on their own).
 pub async fn run_controllers(
     client: Client,
     namespaces: &[String],
     ctx: Arc<Context>,
-    health: Health,
-    readiness: bool,
-    stop: impl std::future::Future<Output = ()> + Send,
-) {
+    readiness: Option<Health>,
+    stop: impl std::future::Future<Output = Stop> + Send,
+    drain: Duration,
+) -> Option<Stop> {
     let apis: Vec<Api<TransactionPipeline>> = if namespaces.is_empty() {
         vec![Api::all(client)]
     } else {
@@ -296,6 +519,13 @@ pub async fn run_controllers(
             .map(|ns| Api::namespaced(client.clone(), ns))
             .collect()
     };
+    let readiness = readiness.map(|health| {
+        Arc::new(Readiness {
+            health,
+            pending: AtomicUsize::new(apis.len()),
+        })
+    });
+    let in_flight = InFlight::new();
     let mut stores = Vec::new();
     let mut wakers = Vec::new();
     let mut stoppers = Vec::new();
@@ -304,11 +534,21 @@ pub async fn run_controllers(
         let (waker, woken) = futures::channel::mpsc::unbounded();
         wakers.push((api.namespace().map(str::to_string), waker));
         let (reader, writer) = reflector::store();
+        let readiness = readiness.clone();
+        let mut listed = false;
         // Status-only changes (our own status patches) do not trigger a reconcile: only spec changes
         // (generation, which the API server also bumps when deletion starts) and finalizer changes do.
         let stream = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             .reflect(writer)
+            .inspect_ok(move |event| {
+                if matches!(event, watcher::Event::InitDone) && !listed {
+                    listed = true;
+                    if let Some(readiness) = &readiness {
+                        readiness.listed();
+                    }
+                }
+            })
             .applied_objects()
             .predicate_filter(
                 predicates::generation.combine(predicates::finalizers),
@@ -317,12 +557,23 @@ pub async fn run_controllers(
         let (tx, rx) = oneshot::channel::<()>();
         stoppers.push(tx);
         stores.push(reader.clone());
+        let in_flight = in_flight.clone();
         let run = Controller::for_stream(stream, reader)
             .reconcile_on(woken)
             .graceful_shutdown_on(async move {
                 let _ = rx.await;
             })
-            .run(reconcile, error_policy, ctx.clone())
+            .run(
+                move |pipeline, ctx| {
+                    let guard = in_flight.enter();
+                    async move {
+                        let _guard = guard;
+                        reconcile(pipeline, ctx).await
+                    }
+                },
+                error_policy,
+                ctx.clone(),
+            )
             .for_each(|result| async move {
                 match result {
                     Ok((object, _)) => tracing::debug!(pipeline = %object, "reconcile done"),
@@ -331,31 +582,40 @@ pub async fn run_controllers(
             });
         runs.push(run);
     }
-    ctx.suffixes.set_stores(stores.clone());
+    ctx.suffixes.set_stores(stores);
     ctx.suffixes.set_wakers(wakers);
-    if readiness {
-        let health = health.clone();
-        tokio::spawn(async move {
-            for store in stores {
-                if store.wait_until_ready().await.is_err() {
-                    return;
-                }
-            }
-            health.set_ready(true);
-            tracing::info!("watchers are running: ready");
-        });
-    }
     let all = futures::future::join_all(runs);
     tokio::pin!(all);
-    tokio::select! {
-        _ = &mut all => {}
-        _ = stop => {
-            for tx in stoppers {
-                let _ = tx.send(());
-            }
-            all.await;
-        }
+    let why = tokio::select! {
+        _ = &mut all => return None,
+        why = stop => why,
+    };
+    for tx in stoppers {
+        let _ = tx.send(());
     }
+    if why == Stop::Shutdown {
+        let drained = tokio::time::timeout(drain, async {
+            tokio::select! {
+                _ = &mut all => {}
+                _ = in_flight.idle() => {}
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_flight = in_flight.count(),
+                drain = ?drain,
+                "abandoning the in-flight reconciles: each one resumes from what AWS holds at the next start"
+            );
+        }
+    } else if in_flight.count() > 0 {
+        tracing::warn!(
+            in_flight = in_flight.count(),
+            "abandoning the in-flight reconciles: the Lease is lost"
+        );
+    }
+    // Dropping the controllers aborts whatever still runs.
+    Some(why)
 }
 
 #[cfg(test)]

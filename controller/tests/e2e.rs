@@ -1,10 +1,19 @@
 //! End-to-end: a real Kubernetes cluster (the one `KUBECONFIG` names) plus the AWS endpoint the
-//! SDK is pointed at (`AWS_ENDPOINT_URL`, an emulator in CI; real AWS when unset).
+//! SDK is pointed at (`AWS_ENDPOINT_URL`, an emulator in CI; real AWS when unset). It lives in the
+//! controller crate so that Cargo builds the `tap-controller` binary for it
+//! (`CARGO_BIN_EXE_tap-controller`): `cargo test -p tap-controller --test e2e`.
 //!
 //! 1. installs the CRD from `crds/` (server-side apply) and waits until it is Established;
-//! 2. uses the in-cluster controller when a Deployment labelled `app.kubernetes.io/name=tap-controller`
-//!    exists (the Helm release the workflow installs), otherwise spawns `target/debug/tap-controller run`
-//!    locally with the same kubeconfig (`TAP_E2E_CONTROLLER=cluster|local` forces one);
+//! 2. chooses where the controller runs (`TAP_E2E_CONTROLLER=auto|cluster|local`, default auto):
+//!    - in-cluster: a Deployment labelled `app.kubernetes.io/name=tap-controller` exists (the Helm
+//!      release, as the workflow's kind job installs it) and a node can run its pods; the suite waits
+//!      for an available replica;
+//!    - local: otherwise, and always when no node is Ready and schedulable (an API-server-only control
+//!      plane, envtest-style, where a Deployment's pods never run). The suite spawns
+//!      `tap-controller run` (this build's binary, or `TAP_CONTROLLER_BIN`) with the same kubeconfig,
+//!      and waits for its `/readyz`. With `TAP_E2E_SERVICE_ACCOUNT=<namespace>/<name>` it runs as that
+//!      ServiceAccount (a token from `kubectl create token`), e.g. the chart's, so the chart's RBAC is
+//!      what is exercised;
 //! 3. applies `examples/pipeline.yaml` and waits (5 min) for condition Ready=True, pushing a minimal image
 //!    manifest (tag `v1`, or `TAP_E2E_IMAGE_TAG`) to every `tap-<suffix>-*` ECR repository as soon as the
 //!    controller has created it, since Ready needs the Lambda images to exist;
@@ -28,6 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 use kube::config::KubeConfigOptions;
 use kube::core::{ApiResource, GroupVersionKind};
@@ -43,7 +53,7 @@ const EXPECTED_COLUMNS: [&str; 7] = [
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests/ has a parent")
+        .expect("controller/ has a parent")
         .to_path_buf()
 }
 
@@ -61,8 +71,8 @@ fn step(msg: &str) {
 
 /// The cluster to test against, or the reason there is none.
 async fn cluster() -> std::result::Result<Client, String> {
-    // Both ring (kube) and aws-lc-rs (AWS SDK) are compiled into rustls here: choose one, once.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // kube and the AWS SDK may both enable a rustls provider: choose one, once (as the binary does).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let kubeconfig = std::env::var("KUBECONFIG").unwrap_or_default();
     if kubeconfig.trim().is_empty() {
         return Err("KUBECONFIG is not set, so there is no cluster to test against".into());
@@ -165,30 +175,51 @@ fn http_ok(port: u16, path: &str) -> bool {
     response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
 }
 
-/// The controller binary next to this test's build output (target/debug/tap-controller), or
-/// `TAP_CONTROLLER_BIN`.
+/// The controller binary: `TAP_CONTROLLER_BIN`, else the one Cargo built for this test.
 fn controller_binary() -> Result<PathBuf> {
-    if let Ok(bin) = std::env::var("TAP_CONTROLLER_BIN") {
-        return Ok(bin.into());
-    }
-    let exe = std::env::current_exe()?;
-    // target/debug/deps/e2e-<hash> -> target/debug/tap-controller
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("tap-controller"))
-        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
+    let bin = std::env::var_os("TAP_CONTROLLER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tap-controller")));
     if !bin.is_file() {
-        bail!(
-            "no in-cluster controller Deployment ({CONTROLLER_LABEL}) and no local binary at {}: \
-             run `cargo build -p tap-controller` first, or install the Helm chart",
-            bin.display()
-        );
+        bail!("no controller binary at {}", bin.display());
     }
     Ok(bin)
 }
 
-async fn spawn_local_controller() -> Result<LocalController> {
+/// A kubeconfig for the current cluster that authenticates as ServiceAccount `namespace/name`
+/// (a short-lived token from `kubectl create token`).
+fn service_account_kubeconfig(spec: &str, dir: &Path) -> Result<PathBuf> {
+    let (namespace, name) = spec
+        .split_once('/')
+        .with_context(|| format!("TAP_E2E_SERVICE_ACCOUNT={spec:?} is not <namespace>/<name>"))?;
+    let token = run_kubectl(&["create", "token", name, "-n", namespace, "--duration=2h"])?;
+    let view: Value = serde_json::from_str(&run_kubectl(&[
+        "config", "view", "--raw", "--minify", "-o", "json",
+    ])?)?;
+    let mut cluster = view["clusters"][0]["cluster"].clone();
+    if cluster.is_null() {
+        bail!("kubectl config view names no cluster");
+    }
+    if let Some(c) = cluster.as_object_mut() {
+        c.remove("extensions");
+    }
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "users": [{"name": spec, "user": {"token": token.trim()}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": spec, "namespace": namespace}}],
+        "current-context": "e2e",
+    });
+    let path = dir.join(format!("tap-e2e-kubeconfig-{}.json", std::process::id()));
+    std::fs::write(&path, serde_json::to_vec(&config)?)?;
+    eprintln!("the local controller runs as ServiceAccount {spec}");
+    Ok(path)
+}
+
+/// Spawns `tap-controller run` against `kubeconfig` (default: the environment's `KUBECONFIG`) and
+/// waits until it is ready.
+async fn spawn_local_controller(kubeconfig: Option<&Path>) -> Result<LocalController> {
     let bin = controller_binary()?;
     let port = free_port()?;
     let log = std::env::temp_dir().join(format!("tap-controller-e2e-{}.log", std::process::id()));
@@ -212,6 +243,14 @@ async fn spawn_local_controller() -> Result<LocalController> {
     if std::env::var_os("AWS_REGION").is_none() {
         cmd.env("AWS_REGION", "us-east-1");
     }
+    if let Some(path) = kubeconfig {
+        cmd.env("KUBECONFIG", path);
+    } else if let Ok(sa) = std::env::var("TAP_E2E_SERVICE_ACCOUNT") {
+        cmd.env(
+            "KUBECONFIG",
+            service_account_kubeconfig(&sa, &std::env::temp_dir())?,
+        );
+    }
     let child = cmd
         .spawn()
         .with_context(|| format!("spawning {}", bin.display()))?;
@@ -229,12 +268,14 @@ async fn spawn_local_controller() -> Result<LocalController> {
                 controller.log_tail()
             );
         }
-        if http_ok(port, "/healthz") {
+        // Ready: its watchers have listed the TransactionPipelines.
+        if http_ok(port, "/readyz") {
+            eprintln!("the local controller is ready");
             return Ok(controller);
         }
         if Instant::now() > deadline {
             bail!(
-                "the local controller is not healthy after 60 s:\n{}",
+                "the local controller is not ready after 60 s:\n{}",
                 controller.log_tail()
             );
         }
@@ -279,24 +320,75 @@ enum ControllerHandle {
     Local(#[allow(dead_code)] LocalController),
 }
 
-async fn start_controller(client: &Client) -> Result<ControllerHandle> {
+/// Whether some node can run a pod: Ready and schedulable. Without one (an API-server-only control
+/// plane) a Deployment's pods never start. `Err` when the nodes cannot be listed.
+async fn a_node_can_run_pods(client: &Client) -> Result<bool> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let nodes = nodes.list(&ListParams::default()).await?;
+    Ok(nodes.items.iter().any(|n| {
+        let schedulable = !n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        let ready = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        schedulable && ready
+    }))
+}
+
+/// Where the controller runs (see the module doc); `kubeconfig` is the local controller's (default:
+/// the environment's).
+async fn start_controller(client: &Client, kubeconfig: Option<&Path>) -> Result<ControllerHandle> {
     let mode = std::env::var("TAP_E2E_CONTROLLER").unwrap_or_else(|_| "auto".into());
-    if mode != "local" {
-        let deployments: Api<Deployment> = Api::all(client.clone());
-        let found = deployments
-            .list(&ListParams::default().labels(CONTROLLER_LABEL))
-            .await?;
-        if let Some(d) = found.items.first() {
-            wait_for_deployment(client, d).await?;
-            return Ok(ControllerHandle::InCluster);
+    if !matches!(mode.as_str(), "auto" | "cluster" | "local") {
+        bail!("TAP_E2E_CONTROLLER={mode:?}: use auto, cluster or local");
+    }
+    if mode == "local" {
+        eprintln!("controller: local process (TAP_E2E_CONTROLLER=local)");
+        return Ok(ControllerHandle::Local(
+            spawn_local_controller(kubeconfig).await?,
+        ));
+    }
+    let runs_pods = match a_node_can_run_pods(client).await {
+        Ok(yes) => yes,
+        Err(e) => {
+            eprintln!("cannot list nodes ({e}): assuming they can run pods");
+            true
         }
-        if mode == "cluster" {
-            bail!(
-                "TAP_E2E_CONTROLLER=cluster but no Deployment labelled {CONTROLLER_LABEL} exists"
-            );
+    };
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    let found = deployments
+        .list(&ListParams::default().labels(CONTROLLER_LABEL))
+        .await?;
+    match (found.items.first(), runs_pods) {
+        (Some(d), true) => {
+            eprintln!("controller: in-cluster (Deployment labelled {CONTROLLER_LABEL})");
+            wait_for_deployment(client, d).await?;
+            Ok(ControllerHandle::InCluster)
+        }
+        (_, false) if mode == "cluster" => bail!(
+            "TAP_E2E_CONTROLLER=cluster but no node is Ready and schedulable: the controller's pods cannot run"
+        ),
+        (None, _) if mode == "cluster" => bail!(
+            "TAP_E2E_CONTROLLER=cluster but no Deployment labelled {CONTROLLER_LABEL} exists"
+        ),
+        (deployment, runs_pods) => {
+            let why = if !runs_pods {
+                "no node is Ready and schedulable (an API-server-only control plane)"
+            } else {
+                "no in-cluster controller Deployment"
+            };
+            if deployment.is_some() && !runs_pods {
+                eprintln!("a controller Deployment exists, but its pods cannot run here");
+            }
+            eprintln!("controller: local process ({why})");
+            Ok(ControllerHandle::Local(spawn_local_controller(kubeconfig).await?))
         }
     }
-    Ok(ControllerHandle::Local(spawn_local_controller().await?))
 }
 
 /// What the example manifest declares.
@@ -614,7 +706,7 @@ async fn lifecycle(client: Client) -> Result<()> {
     ])?;
 
     step("start the controller");
-    let _controller = start_controller(&client).await?;
+    let _controller = start_controller(&client, None).await?;
 
     let api = pipeline_api(&client, &example.namespace);
     if api.get_opt(&example.name).await?.is_some() {
@@ -899,4 +991,47 @@ async fn aws_helpers_work_against_the_emulator() {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// The suite's own controller placement against an API-server-only "cluster" (the in-memory fake API
+/// server over HTTP: no node, no Deployment): it chooses the local process, which Cargo built for
+/// it, and that process becomes ready (its watchers have listed the pipelines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_node_the_suite_runs_the_controller_locally_and_it_becomes_ready() {
+    use tap_controller::k8s::fake_api::FakeApi;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let api = FakeApi::new();
+    let url = api.serve_tcp().await;
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "tap-e2e-fake-kubeconfig-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&kubeconfig, FakeApi::kubeconfig(&url)).unwrap();
+    let client = Client::try_from(
+        Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let handle = start_controller(&client, Some(&kubeconfig))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        matches!(handle, ControllerHandle::Local(_)),
+        "no node can run pods: the controller must run as a local process"
+    );
+    let pipeline_lists = api
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/transactionpipelines") && r.method == "GET")
+        .count();
+    assert!(
+        pipeline_lists >= 1,
+        "the local controller listed the pipelines"
+    );
+    drop(handle);
+    let _ = std::fs::remove_file(&kubeconfig);
 }
