@@ -60,3 +60,11 @@ except Exception:  # never keep moto from starting
 
 # CloudWatch over Smithy RPC v2 CBOR (the Rust SDK's protocol; moto 5.2 speaks only Query): see cloudwatch_cbor.py.
 __import__("cloudwatch_cbor").install()
+
+# IAM enforcement (when a test turns it on) with resource-level policies: see iam_resources.py.
+try:
+    import iam_resources
+
+    iam_resources.patch()
+except Exception:  # never keep moto from starting
+    pass

@@ -4,6 +4,9 @@
 //! `TAP_TEST_EMULATOR` picks the emulator: `moto` (default) or `ministack`. The binaries are found on
 //! `PATH` (`.ci/run` installs both); `TAP_MOTO_PYTHON` and `TAP_MINISTACK_BIN` override them.
 
+pub mod datapath;
+pub mod lambda_runtime_api;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
