@@ -579,8 +579,8 @@ async fn a_missing_table_fails_to_the_dead_letter_queue(dp: &DataPath) -> anyhow
     failure_is_reported(dp, &flow, &run, "AwsServiceError").await
 }
 
-/// The catch path: the input with the error on the dead-letter queue, a FAILED notification, the execution
-/// failed, the status row FAILED.
+/// The catch path: the execution failed, a FAILED notification, the input with the error on the dead-letter
+/// queue, the status row FAILED.
 async fn failure_is_reported(
     dp: &DataPath,
     flow: &Flow,
@@ -595,6 +595,15 @@ async fn failure_is_reported(
         "a failed transform should be caught, sent to the dead-letter queue, notified, and fail the execution: {}",
         describe(dp, run)
     );
+    let notes = notifications_of(dp, &id).await?;
+    ensure!(notes.len() == 1, "one failure notification, got {notes:?}");
+    let message: Value = serde_json::from_str(notes[0]["Message"].as_str().unwrap_or_default())?;
+    ensure!(
+        notes[0]["Subject"] == format!("Transaction upload {id}: FAILED")
+            && message["status"] == "FAILED"
+            && message["error_type"] == error,
+        "the notification should report the {error} failure: {notes:?}"
+    );
     let letters = dp.dead_letters().await?;
     ensure!(
         letters.len() == 1,
@@ -606,15 +615,6 @@ async fn failure_is_reported(
             && letter["key"] == run.input["key"]
             && letter["error"]["Error"] == error,
         "the dead letter should hold the input and the {error} error: {letter}"
-    );
-    let notes = notifications_of(dp, &id).await?;
-    ensure!(notes.len() == 1, "one failure notification, got {notes:?}");
-    let message: Value = serde_json::from_str(notes[0]["Message"].as_str().unwrap_or_default())?;
-    ensure!(
-        notes[0]["Subject"] == format!("Transaction upload {id}: FAILED")
-            && message["status"] == "FAILED"
-            && message["error_type"] == error,
-        "the notification should report the {error} failure: {notes:?}"
     );
     ensure!(
         status(dp, &id).await?.0 == "FAILED",
