@@ -4,9 +4,10 @@
 //! object, Transform writes every row to DynamoDB, Notify publishes), each function its real binary with its
 //! role under moto's IAM enforcement. Prints a markdown table.
 //!
-//! `cargo bench -p tap-tests --bench datapath` (the Lambda binaries and tap-controller come from
-//! `target/debug`: build them first, e.g. `cargo build -p tap-controller -p csv-validator -p data-transformer
-//! -p notification-sender`).
+//! `cargo bench -p tap-tests --bench datapath --profile dev`: the functions and tap-controller are the
+//! binaries in `target/debug` (build them first: `cargo build -p tap-controller -p csv-validator
+//! -p data-transformer -p notification-sender`), and moto does most of the work, so a release build of this
+//! harness (and of the SDKs under it) would change little.
 
 use std::time::Instant;
 
