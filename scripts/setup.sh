@@ -23,3 +23,16 @@ if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64-st
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user-static >/dev/null
 fi
+
+# The data-path suite (tests/tests/datapath.rs) runs the deployed state machine with aws-local-stepfunctions
+# and validates it with asl-validator (Node.js 20+, packages pinned by tests/datapath/package-lock.json).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+fi
+datapath="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/datapath"
+if [ ! -d "$datapath/node_modules/aws-local-stepfunctions" ] ||
+   [ "$datapath/package-lock.json" -nt "$datapath/node_modules/.package-lock.json" ]; then
+  (cd "$datapath" && npm ci --no-audit --no-fund --loglevel=error)
+fi

@@ -5,8 +5,9 @@ product."""
 
 import apigateway_delete
 import cloudwatch_cbor
+import iam_resources
 import lambda_config
 import s3_xml_roots
 
-for adapter in (s3_xml_roots, lambda_config, cloudwatch_cbor, apigateway_delete):
+for adapter in (s3_xml_roots, lambda_config, cloudwatch_cbor, apigateway_delete, iam_resources):
     adapter.install()

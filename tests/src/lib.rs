@@ -2,9 +2,12 @@
 //! - [`emulator`]: a local AWS emulator (moto or ministack) on a free loopback port;
 //! - [`stack`]: a desired stack built against it, its resources picked by kind, images pushed;
 //! - [`lifecycle`]: one driver on one resource, through create → converged → drift → correction →
-//!   delete, with the assertions every driver test makes.
+//!   delete, with the assertions every driver test makes;
+//! - [`datapath`] and [`lambda_runtime_api`]: the deployed stack running a transaction file end to end.
 
+pub mod datapath;
 pub mod emulator;
+pub mod lambda_runtime_api;
 pub mod lifecycle;
 pub mod stack;
 

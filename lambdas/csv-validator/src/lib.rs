@@ -5,10 +5,12 @@
 //! * S3 `ObjectCreated` records for `validated/` keys → start the EXPRESS state machine.
 //! * Step Functions task input `{"bucket","key"}` → re-validate the object; `ValidationFailed` if bad.
 
-use std::collections::HashMap;
-
+use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::http::{header::CONTENT_TYPE, HeaderValue, Method};
+use aws_lambda_events::s3::S3Event;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tap_lambda_shared::status::{update_status, Status, StatusUpdate};
 use tap_lambda_shared::validate::StreamError;
@@ -48,110 +50,104 @@ impl Clients {
     }
 }
 
-/// API Gateway REST API (v1) proxy request: the fields used here.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApiRequest {
-    #[serde(default)]
-    pub http_method: Option<String>,
-    #[serde(default)]
-    pub headers: Option<HashMap<String, Option<String>>>,
-    #[serde(default)]
-    pub body: Option<String>,
-    #[serde(default)]
-    pub is_base64_encoded: Option<bool>,
+/// API Gateway REST API (v1) proxy request, as `aws_lambda_events` defines it.
+pub type ApiRequest = ApiGatewayProxyRequest;
+/// API Gateway proxy response, as `aws_lambda_events` defines it.
+pub type ApiResponse = ApiGatewayProxyResponse;
+
+/// A JSON response with `Content-Type: application/json`.
+pub fn json_response(status_code: i64, body: Value) -> ApiResponse {
+    let mut response = ApiResponse::default();
+    response.status_code = status_code;
+    response
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.body = Some(Body::Text(body.to_string()));
+    response
 }
 
-impl ApiRequest {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .as_ref()?
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.as_deref())
+/// A 4xx response `{"message": ...}` (boxed: it is the error side of [`upload_body`]).
+fn client_error(status_code: i64, message: impl Into<String>) -> Box<ApiResponse> {
+    Box::new(json_response(
+        status_code,
+        json!({ "message": message.into() }),
+    ))
+}
+
+/// Reading a proxy response's body (for tests and the local invoker).
+pub trait ResponseBody {
+    /// The body as text (empty when there is none).
+    fn body_text(&self) -> String;
+    /// The body parsed as JSON (`null` when it is not JSON).
+    fn body_json(&self) -> Value {
+        serde_json::from_str(&self.body_text()).unwrap_or(Value::Null)
     }
 }
 
-/// API Gateway proxy response.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ApiResponse {
-    pub status_code: u16,
-    pub headers: HashMap<String, String>,
-    pub body: String,
-    pub is_base64_encoded: bool,
-}
-
-impl ApiResponse {
-    pub fn json(status_code: u16, body: Value) -> Self {
-        ApiResponse {
-            status_code,
-            headers: HashMap::from([("Content-Type".to_string(), "application/json".to_string())]),
-            body: body.to_string(),
-            is_base64_encoded: false,
+impl ResponseBody for ApiResponse {
+    fn body_text(&self) -> String {
+        match &self.body {
+            Some(Body::Text(text)) => text.clone(),
+            Some(body) => String::from_utf8_lossy(body).into_owned(),
+            None => String::new(),
         }
     }
+}
 
-    fn client_error(status_code: u16, message: impl Into<String>) -> Self {
-        Self::json(status_code, json!({ "message": message.into() }))
-    }
-
-    /// The body parsed as JSON (for tests and the local invoker).
-    pub fn body_json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
+/// The Step Functions task input: `{"bucket", "key"}` (other fields of the state are ignored).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct TaskInput {
+    pub bucket: String,
+    pub key: String,
 }
 
 /// The shape of an incoming event.
 #[derive(Debug)]
 pub enum Event {
-    Api(ApiRequest),
+    Api(Box<ApiRequest>),
     S3(Vec<(String, String)>),
-    Task { bucket: String, key: String },
+    Task(TaskInput),
 }
 
-/// Tells the three event shapes apart.
+/// Tells the three event shapes apart by deserializing into each type in turn: an API Gateway proxy
+/// request, an S3 event (its `ObjectCreated` records' bucket and decoded key), a task input.
 pub fn classify(event: &Value) -> Result<Event> {
-    if event.get("httpMethod").is_some()
-        || (event.get("requestContext").is_some() && event.get("body").is_some())
-    {
-        let request: ApiRequest = serde_json::from_value(event.clone())
-            .map_err(|e| Error::BadEvent(format!("API Gateway event: {e}")))?;
-        return Ok(Event::Api(request));
-    }
-    if let Some(records) = event.get("Records").and_then(Value::as_array) {
-        let mut objects = Vec::new();
-        for record in records {
-            if let Some(name) = record.get("eventName").and_then(Value::as_str) {
-                if !name.starts_with("ObjectCreated") {
-                    continue;
-                }
-            }
-            let bucket = record.pointer("/s3/bucket/name").and_then(Value::as_str);
-            let key = record.pointer("/s3/object/key").and_then(Value::as_str);
-            match (bucket, key) {
-                (Some(b), Some(k)) => objects.push((b.to_string(), decode_s3_key(k))),
-                _ => {
-                    return Err(Error::BadEvent(
-                        "a Records[] entry has no s3.bucket.name / s3.object.key".into(),
-                    ))
-                }
+    let api_error = match ApiRequest::deserialize(event) {
+        Ok(request) => return Ok(Event::Api(Box::new(request))),
+        Err(e) => e,
+    };
+    let s3_error = match S3Event::deserialize(event) {
+        Ok(s3) => return s3_objects(s3).map(Event::S3),
+        Err(e) => e,
+    };
+    let task_error = match TaskInput::deserialize(event) {
+        Ok(task) => return Ok(Event::Task(task)),
+        Err(e) => e,
+    };
+    Err(Error::BadEvent(format!(
+        "expected an API Gateway proxy event ({api_error}), an S3 event ({s3_error}) or a task input {{\"bucket\",\"key\"}} ({task_error})"
+    )))
+}
+
+/// The `(bucket, key)` of each `ObjectCreated` record, keys decoded.
+fn s3_objects(event: S3Event) -> Result<Vec<(String, String)>> {
+    let mut objects = Vec::new();
+    for record in event.records {
+        if let Some(name) = &record.event_name {
+            if !name.starts_with("ObjectCreated") {
+                continue;
             }
         }
-        return Ok(Event::S3(objects));
+        match (record.s3.bucket.name, record.s3.object.key) {
+            (Some(bucket), Some(key)) => objects.push((bucket, decode_s3_key(&key))),
+            _ => {
+                return Err(Error::BadEvent(
+                    "a Records[] entry has no s3.bucket.name / s3.object.key".into(),
+                ))
+            }
+        }
     }
-    if let (Some(bucket), Some(key)) = (
-        event.get("bucket").and_then(Value::as_str),
-        event.get("key").and_then(Value::as_str),
-    ) {
-        return Ok(Event::Task {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-        });
-    }
-    Err(Error::BadEvent(
-        "expected an API Gateway proxy event, an S3 event (Records[].s3) or a task input {\"bucket\",\"key\"}".into(),
-    ))
+    Ok(objects)
 }
 
 /// S3 event keys are URL-encoded with `+` for spaces.
@@ -166,11 +162,11 @@ pub fn decode_s3_key(key: &str) -> String {
 pub async fn handle(event: Value, clients: &Clients, config: &ValidatorConfig) -> Result<Value> {
     match classify(&event)? {
         Event::Api(request) => {
-            let response = handle_upload(request, clients, config).await;
+            let response = handle_upload(*request, clients, config).await;
             Ok(serde_json::to_value(response).expect("response serialises"))
         }
         Event::S3(objects) => handle_s3_event(&objects, clients, config).await,
-        Event::Task { bucket, key } => handle_task(&bucket, &key, clients, config).await,
+        Event::Task(TaskInput { bucket, key }) => handle_task(&bucket, &key, clients, config).await,
     }
 }
 
@@ -178,17 +174,20 @@ pub async fn handle(event: Value, clients: &Clients, config: &ValidatorConfig) -
 pub fn upload_body(
     request: &ApiRequest,
     max_bytes: usize,
-) -> std::result::Result<Vec<u8>, ApiResponse> {
-    if let Some(method) = &request.http_method {
-        if !method.eq_ignore_ascii_case("POST") {
-            return Err(ApiResponse::client_error(
-                405,
-                format!("method {method} not allowed: use POST"),
-            ));
-        }
+) -> std::result::Result<Vec<u8>, Box<ApiResponse>> {
+    let method = &request.http_method;
+    if method != Method::POST {
+        return Err(client_error(
+            405,
+            format!("method {method} not allowed: use POST"),
+        ));
     }
-    let Some(content_type) = request.header("content-type") else {
-        return Err(ApiResponse::client_error(
+    let content_type = request
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let Some(content_type) = content_type else {
+        return Err(client_error(
             415,
             format!(
                 "missing Content-Type: send the CSV as one of {}",
@@ -199,7 +198,7 @@ pub fn upload_body(
     let mut parts = content_type.split(';');
     let media_type = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
     if !ACCEPTED_CONTENT_TYPES.contains(&media_type.as_str()) {
-        return Err(ApiResponse::client_error(
+        return Err(client_error(
             415,
             format!(
                 "unsupported Content-Type {media_type:?}: send the CSV as one of {}",
@@ -215,7 +214,7 @@ pub fn upload_body(
                 && value != "utf8"
                 && value != "us-ascii"
             {
-                return Err(ApiResponse::client_error(
+                return Err(client_error(
                     415,
                     format!("unsupported charset {value:?}: the CSV must be UTF-8"),
                 ));
@@ -224,18 +223,18 @@ pub fn upload_body(
     }
     let body = request.body.as_deref().unwrap_or_default();
     if body.is_empty() {
-        return Err(ApiResponse::client_error(
+        return Err(client_error(
             400,
             "empty body: expected a CSV with a header row",
         ));
     }
     let too_large = |n: usize| {
-        ApiResponse::client_error(
+        client_error(
             413,
             format!("body of {n} bytes exceeds the limit of {max_bytes} bytes"),
         )
     };
-    let bytes = if request.is_base64_encoded.unwrap_or(false) {
+    let bytes = if request.is_base64_encoded {
         // Decoded size is at most 3/4 of the encoded size: refuse before decoding what cannot fit.
         if body.len() / 4 * 3 > max_bytes + 3 {
             return Err(too_large(body.len() / 4 * 3));
@@ -244,7 +243,7 @@ pub fn upload_body(
         base64::engine::general_purpose::STANDARD
             .decode(compact.as_bytes())
             .map_err(|e| {
-                ApiResponse::client_error(
+                client_error(
                     400,
                     format!("the body is marked base64-encoded but is not valid base64: {e}"),
                 )
@@ -256,24 +255,23 @@ pub fn upload_body(
         return Err(too_large(bytes.len()));
     }
     if bytes.is_empty() {
-        return Err(ApiResponse::client_error(
+        return Err(client_error(
             400,
             "empty body: expected a CSV with a header row",
         ));
     }
     if let Err(e) = std::str::from_utf8(&bytes) {
-        return Err(ApiResponse::client_error(
+        return Err(client_error(
             400,
             format!("the body is not valid UTF-8 (first invalid byte at offset {}): the CSV must be UTF-8", e.valid_up_to()),
         ));
     }
     if media_type == "application/json" {
-        let envelope: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiResponse::client_error(400, format!("the JSON body is not valid JSON: {e}"))
-        })?;
+        let envelope: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| client_error(400, format!("the JSON body is not valid JSON: {e}")))?;
         return match envelope.get(JSON_ENVELOPE_FIELD).and_then(serde_json::Value::as_str) {
             Some(csv) if !csv.is_empty() => Ok(csv.as_bytes().to_vec()),
-            _ => Err(ApiResponse::client_error(
+            _ => Err(client_error(
                 400,
                 format!("a JSON upload must be an object with a non-empty string field {JSON_ENVELOPE_FIELD:?} holding the CSV"),
             )),
@@ -293,7 +291,7 @@ fn status_errors(report: &ValidationReport) -> Vec<String> {
 
 fn internal_error(upload_id: &str, error: &Error) -> ApiResponse {
     tracing::error!(upload_id, error = %error, "upload failed");
-    ApiResponse::json(
+    json_response(
         500,
         json!({ "message": "the upload could not be stored; try again later", "upload_id": upload_id }),
     )
@@ -307,7 +305,7 @@ pub async fn handle_upload(
 ) -> ApiResponse {
     let bytes = match upload_body(&request, config.max_upload_bytes) {
         Ok(b) => b,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let upload_id = uuid::Uuid::new_v4().to_string();
     let table = &config.status_table;
@@ -331,7 +329,7 @@ pub async fn handle_upload(
             {
                 return internal_error(&upload_id, &e);
             }
-            return ApiResponse::json(
+            return json_response(
                 400,
                 json!({
                     "message": header_error.to_string(),
@@ -366,7 +364,7 @@ pub async fn handle_upload(
             error_count = report.error_count,
             "upload rejected"
         );
-        return ApiResponse::json(
+        return json_response(
             400,
             json!({
                 "message": format!("validation failed: {} error(s)", report.error_count),
@@ -418,7 +416,7 @@ pub async fn handle_upload(
         return internal_error(&upload_id, &e);
     }
     tracing::info!(upload_id, rows = report.row_count, key, "upload validated");
-    ApiResponse::json(
+    json_response(
         202,
         json!({ "upload_id": upload_id, "status": "VALIDATED", "row_count": report.row_count, "object_key": key }),
     )
@@ -565,16 +563,19 @@ mod tests {
     }
 
     fn request(content_type: Option<&str>, body: Option<&str>, base64: bool) -> ApiRequest {
-        ApiRequest {
-            http_method: Some("POST".into()),
-            headers: content_type
-                .map(|c| HashMap::from([("content-type".to_string(), Some(c.to_string()))])),
-            body: body.map(str::to_string),
-            is_base64_encoded: Some(base64),
+        let mut request = ApiRequest::default();
+        request.http_method = Method::POST;
+        if let Some(c) = content_type {
+            request
+                .headers
+                .insert(CONTENT_TYPE, HeaderValue::from_str(c).unwrap());
         }
+        request.body = body.map(str::to_string);
+        request.is_base64_encoded = base64;
+        request
     }
 
-    fn status_of(r: std::result::Result<Vec<u8>, ApiResponse>) -> u16 {
+    fn status_of(r: std::result::Result<Vec<u8>, Box<ApiResponse>>) -> i64 {
         match r {
             Ok(_) => 200,
             Err(resp) => {
@@ -655,7 +656,7 @@ mod tests {
             413
         );
         let mut get = request(Some("text/csv"), Some(csv), false);
-        get.http_method = Some("GET".into());
+        get.http_method = Method::GET;
         assert_eq!(status_of(upload_body(&get, 1000)), 405);
     }
 
@@ -693,13 +694,17 @@ mod tests {
 
     #[test]
     fn classify_events() {
-        let api = json!({"httpMethod": "POST", "path": "/upload", "headers": {"Content-Type": "text/csv", "X-Null": null}, "body": "x", "isBase64Encoded": false, "requestContext": {}});
+        let api = json!({"httpMethod": "POST", "path": "/upload", "headers": {"Content-Type": "text/csv", "X-Empty": ""}, "body": "x", "isBase64Encoded": false, "requestContext": {"httpMethod": "POST"}});
         assert!(
-            matches!(classify(&api).unwrap(), Event::Api(r) if r.header("content-type") == Some("text/csv"))
+            matches!(classify(&api).unwrap(), Event::Api(r) if r.headers.get("content-type").and_then(|v| v.to_str().ok()) == Some("text/csv"))
         );
+        let record = |name: &str, key: &str| {
+            json!({"eventName": name, "eventTime": "2024-05-01T12:00:00.000Z", "userIdentity": {}, "requestParameters": {},
+                   "s3": {"bucket": {"name": "b"}, "object": {"key": key}}})
+        };
         let s3 = json!({"Records": [
-            {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "validated/my+file%2B1.csv"}}},
-            {"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": "b"}, "object": {"key": "validated/x.csv"}}}
+            record("ObjectCreated:Put", "validated/my+file%2B1.csv"),
+            record("ObjectRemoved:Delete", "validated/x.csv")
         ]});
         match classify(&s3).unwrap() {
             Event::S3(objects) => assert_eq!(
@@ -709,7 +714,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let task = json!({"bucket": "b", "key": "validated/1.csv", "extra": 1});
-        assert!(matches!(classify(&task).unwrap(), Event::Task { .. }));
+        assert!(matches!(classify(&task).unwrap(), Event::Task(_)));
         assert!(matches!(
             classify(&json!({"hello": 1})),
             Err(Error::BadEvent(_))

@@ -1,6 +1,6 @@
 //! csv-validator against the local AWS emulator (moto by default; `TAP_TEST_EMULATOR=ministack`).
 
-use csv_validator::{handle, ApiResponse, Clients};
+use csv_validator::{handle, ApiResponse, Clients, ResponseBody};
 use serde_json::{json, Value};
 use tap_lambda_shared::status::get_status;
 use tap_lambda_shared::testing::{create_bucket, create_tables};
@@ -55,7 +55,7 @@ fn upload_event(content_type: &str, body: &str) -> Value {
         "resource": "/upload", "path": "/upload", "httpMethod": "POST",
         "headers": {"Content-Type": content_type},
         "body": body, "isBase64Encoded": false,
-        "requestContext": {"requestId": "r-1", "stage": "prod"}
+        "requestContext": {"requestId": "r-1", "stage": "prod", "httpMethod": "POST", "resourcePath": "/upload"}
     })
 }
 
@@ -89,7 +89,7 @@ async fn validated_keys(stack: &Stack) -> anyhow::Result<Vec<String>> {
 async fn valid_upload_is_stored_and_recorded() -> anyhow::Result<()> {
     let stack = stack().await?;
     let response = upload(&stack, "text/csv", GOOD).await?;
-    assert_eq!(response.status_code, 202, "{}", response.body);
+    assert_eq!(response.status_code, 202, "{}", response.body_text());
     let body = response.body_json();
     let upload_id = body["upload_id"].as_str().expect("upload_id").to_string();
     assert_eq!(body["row_count"], 3);
@@ -130,7 +130,7 @@ async fn invalid_upload_is_rejected_with_row_errors() -> anyhow::Result<()> {
                t1,a,1.00,XXY,yesterday\n\
                t4,a,2.00,EUR,2024-05-01T12:00:00Z\n";
     let response = upload(&stack, "application/csv", csv).await?;
-    assert_eq!(response.status_code, 400, "{}", response.body);
+    assert_eq!(response.status_code, 400, "{}", response.body_text());
     let body = response.body_json();
     assert_eq!(body["error_count"], 5, "{body}");
     let located: Vec<(u64, String)> = body["errors"]
@@ -191,18 +191,18 @@ async fn bad_requests_are_4xx_and_store_nothing() -> anyhow::Result<()> {
         (upload_event("text/csv", ""), 400),
         (upload_event("text/csv", &GOOD.repeat(1000)), 413),
         (
-            json!({"httpMethod": "POST", "headers": {"content-type": "text/csv"}, "body": "%%%", "isBase64Encoded": true}),
+            json!({"httpMethod": "POST", "headers": {"content-type": "text/csv"}, "body": "%%%", "isBase64Encoded": true, "requestContext": {"httpMethod": "POST"}}),
             400,
         ),
         (
-            json!({"httpMethod": "POST", "headers": null, "body": GOOD}),
+            json!({"httpMethod": "POST", "headers": null, "body": GOOD, "requestContext": {"httpMethod": "POST"}}),
             415,
         ),
     ];
     for (event, expected) in cases {
         let response: ApiResponse =
             serde_json::from_value(handle(event, &stack.clients, &stack.config).await?)?;
-        assert_eq!(response.status_code, expected, "{}", response.body);
+        assert_eq!(response.status_code, expected, "{}", response.body_text());
         assert!(!response.body_json()["message"]
             .as_str()
             .unwrap_or_default()
@@ -216,9 +216,11 @@ async fn bad_requests_are_4xx_and_store_nothing() -> anyhow::Result<()> {
 async fn s3_event_starts_the_state_machine_with_decoded_key() -> anyhow::Result<()> {
     let stack = stack().await?;
     let event = json!({"Records": [
-        {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+        {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "eventTime": "2024-05-01T12:00:00.000Z",
+         "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
          "s3": {"bucket": {"name": BUCKET}, "object": {"key": "validated/my+upload%3D1.csv", "size": 10}}},
-        {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+        {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "eventTime": "2024-05-01T12:00:00.000Z",
+         "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
          "s3": {"bucket": {"name": BUCKET}, "object": {"key": "incoming/other.csv", "size": 10}}}
     ]});
     let out = handle(event, &stack.clients, &stack.config).await?;

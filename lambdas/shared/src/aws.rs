@@ -35,21 +35,15 @@ pub async fn open_object(
     Ok(out.body.into_async_read())
 }
 
-/// JSON logs to stdout (CloudWatch), level from `RUST_LOG` (default `info`).
+/// Logs to stdout (CloudWatch) through `lambda_runtime`'s subscriber: the level from
+/// `AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`, else `INFO`; JSON lines when Lambda's logging
+/// configuration says `AWS_LAMBDA_LOG_FORMAT=JSON`, text otherwise. Call once, at start-up.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_target(false)
-        .without_time()
-        .with_current_span(false)
-        .try_init();
+    lambda_runtime::tracing::init_default_subscriber();
 }
 
 /// The configuration, or — at start-up, before the runtime loop — a clear message naming the
-/// missing or invalid variable on stderr (and in the JSON log) and exit code 1.
+/// missing or invalid variable on stderr (and in the log) and exit code 1.
 pub fn config_or_exit<T>(function: &str, config: Result<T>) -> T {
     match config {
         Ok(config) => config,
