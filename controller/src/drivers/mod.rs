@@ -73,6 +73,14 @@ impl<S> Observed<S> {
         }
     }
 
+    /// The server-assigned id the observation carries (REST API, stage, key, plan).
+    pub fn id(&self, ctx: &Ctx<'_>) -> Result<String, AwsError> {
+        self.outputs
+            .id
+            .clone()
+            .ok_or_else(|| AwsError::terminal(ctx.id, "observe", "the observed resource has no id"))
+    }
+
     /// The pipeline that owns the resource (`namespace/name`), if any: its own ownership tag, else its
     /// parent's.
     pub fn owner(&self) -> Option<&str> {

@@ -24,16 +24,6 @@ impl ApiKeys {
             ..Default::default()
         }
     }
-
-    fn key_id(ctx: &Ctx<'_>, observed: &Observed<ApiKeySpec>) -> Result<String, AwsError> {
-        observed.outputs.id.clone().ok_or_else(|| {
-            AwsError::terminal(
-                ctx.id,
-                "apigateway:GetApiKeys",
-                "the observed key has no id",
-            )
-        })
-    }
 }
 
 impl Driver for ApiKeys {
@@ -108,7 +98,7 @@ impl Driver for ApiKeys {
         observed: &Observed<ApiKeySpec>,
         changes: &Changes,
     ) -> Result<Outputs, DriverError> {
-        let key_id = Self::key_id(ctx, observed)?;
+        let key_id = observed.id(ctx)?;
         let mut ops = Vec::new();
         if changes.touches("description") {
             ops.push(replace("/description", &desired.description));
@@ -138,7 +128,7 @@ impl Driver for ApiKeys {
     }
 
     async fn delete(&self, ctx: &Ctx<'_>, observed: &Observed<ApiKeySpec>) -> Result<(), AwsError> {
-        let key_id = Self::key_id(ctx, observed)?;
+        let key_id = observed.id(ctx)?;
         ctx.aws
             .apigateway
             .delete_api_key()

@@ -84,6 +84,17 @@ async fn rest_api_id(ctx: &Ctx<'_>, name: &str) -> Result<Option<String>, AwsErr
         .and_then(|a| a.id().map(str::to_string)))
 }
 
+/// The id of REST API `name`, which must exist (a stage or plan is made after it).
+async fn require_rest_api_id(ctx: &Ctx<'_>, name: &str) -> Result<String, AwsError> {
+    rest_api_id(ctx, name).await?.ok_or_else(|| {
+        AwsError::transient(
+            ctx.id,
+            "apigateway:GetRestApis",
+            format!("REST API {name} does not exist yet"),
+        )
+    })
+}
+
 /// Tags of any API Gateway resource, by ARN.
 struct Tagging;
 

@@ -47,16 +47,6 @@ impl RestApis {
         }
     }
 
-    fn api_id(ctx: &Ctx<'_>, observed: &Observed<RestApiSpec>) -> Result<String, AwsError> {
-        observed.outputs.id.clone().ok_or_else(|| {
-            AwsError::terminal(
-                ctx.id,
-                "apigateway:GetRestApis",
-                "the observed API has no id",
-            )
-        })
-    }
-
     /// The resource ids of the root and of `path` (when it exists).
     async fn resources(
         ctx: &Ctx<'_>,
@@ -522,7 +512,7 @@ impl Driver for RestApis {
         observed: &Observed<RestApiSpec>,
         changes: &Changes,
     ) -> Result<Outputs, DriverError> {
-        let api_id = Self::api_id(ctx, observed)?;
+        let api_id = observed.id(ctx)?;
         let mut ops = Vec::new();
         if changes.touches("description") {
             ops.push(replace("/description", &desired.description));
@@ -565,7 +555,7 @@ impl Driver for RestApis {
         ctx: &Ctx<'_>,
         observed: &Observed<RestApiSpec>,
     ) -> Result<(), AwsError> {
-        let api_id = Self::api_id(ctx, observed)?;
+        let api_id = observed.id(ctx)?;
         ctx.aws
             .apigateway
             .delete_rest_api()

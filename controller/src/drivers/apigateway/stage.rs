@@ -14,7 +14,7 @@ use crate::aws::{AwsError, Optional, ResultExt};
 use crate::desired::{Kind, StageSpec, Tags, OWNER_TAG};
 
 use super::super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs};
-use super::{find_rest_api, replace, rest_api_id, settings_key, Tagging};
+use super::{find_rest_api, replace, require_rest_api_id, rest_api_id, settings_key, Tagging};
 
 pub struct Stages;
 
@@ -28,18 +28,6 @@ impl Stages {
     fn arn(ctx: &Ctx<'_>, api_id: &str, stage: &str) -> String {
         ctx.arns()
             .apigateway(&format!("/restapis/{api_id}/stages/{stage}"))
-    }
-
-    async fn require_api_id(ctx: &Ctx<'_>, desired: &StageSpec) -> Result<String, AwsError> {
-        rest_api_id(ctx, &desired.rest_api_name)
-            .await?
-            .ok_or_else(|| {
-                AwsError::transient(
-                    ctx.id,
-                    "apigateway:GetRestApis",
-                    format!("REST API {} does not exist yet", desired.rest_api_name),
-                )
-            })
     }
 
     fn outputs(ctx: &Ctx<'_>, api_id: &str, desired: &StageSpec) -> Outputs {
@@ -213,7 +201,7 @@ impl Driver for Stages {
         desired: &StageSpec,
         tags: &Tags,
     ) -> Result<Outputs, DriverError> {
-        let api_id = Self::require_api_id(ctx, desired).await?;
+        let api_id = require_rest_api_id(ctx, &desired.rest_api_name).await?;
         let deployment = Self::deployment(ctx, &api_id, desired).await?;
         ctx.aws
             .apigateway
@@ -238,7 +226,7 @@ impl Driver for Stages {
         observed: &Observed<StageSpec>,
         changes: &Changes,
     ) -> Result<Outputs, DriverError> {
-        let api_id = Self::require_api_id(ctx, desired).await?;
+        let api_id = require_rest_api_id(ctx, &desired.rest_api_name).await?;
         let mut ops = Vec::new();
         if changes.touches("deployment") {
             let deployment = Self::deployment(ctx, &api_id, desired).await?;

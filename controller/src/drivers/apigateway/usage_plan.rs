@@ -11,7 +11,7 @@ use crate::aws::{AwsError, Optional, ResultExt};
 use crate::desired::{Kind, Tags, UsagePlanSpec};
 
 use super::super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs};
-use super::{patch, pick, replace, rest_api_id, Tagging};
+use super::{patch, pick, replace, require_rest_api_id, rest_api_id, Tagging};
 
 pub struct UsagePlans;
 
@@ -22,16 +22,6 @@ impl UsagePlans {
             id: Some(plan_id.to_string()),
             ..Default::default()
         }
-    }
-
-    fn plan_id(ctx: &Ctx<'_>, observed: &Observed<UsagePlanSpec>) -> Result<String, AwsError> {
-        observed.outputs.id.clone().ok_or_else(|| {
-            AwsError::terminal(
-                ctx.id,
-                "apigateway:GetUsagePlans",
-                "the observed plan has no id",
-            )
-        })
     }
 
     async fn find_plan(ctx: &Ctx<'_>) -> Result<Option<UsagePlan>, AwsError> {
@@ -52,18 +42,6 @@ impl UsagePlans {
             .collect();
         // Usage plans have no creation date: ties break on the id.
         Ok(pick(named, ctx.owner, UsagePlan::tags, |_| None))
-    }
-
-    async fn require_api_id(ctx: &Ctx<'_>, desired: &UsagePlanSpec) -> Result<String, AwsError> {
-        rest_api_id(ctx, &desired.rest_api_name)
-            .await?
-            .ok_or_else(|| {
-                AwsError::transient(
-                    ctx.id,
-                    "apigateway:GetRestApis",
-                    format!("REST API {} does not exist yet", desired.rest_api_name),
-                )
-            })
     }
 
     /// The key's id, from the dependency (which this walk proved ours).
@@ -191,7 +169,7 @@ impl Driver for UsagePlans {
         desired: &UsagePlanSpec,
         tags: &Tags,
     ) -> Result<Outputs, DriverError> {
-        let api_id = Self::require_api_id(ctx, desired).await?;
+        let api_id = require_rest_api_id(ctx, &desired.rest_api_name).await?;
         let key_id = Self::key_id(ctx, desired)?;
         let plan = ctx
             .aws
@@ -240,7 +218,7 @@ impl Driver for UsagePlans {
         observed: &Observed<UsagePlanSpec>,
         changes: &Changes,
     ) -> Result<Outputs, DriverError> {
-        let plan_id = Self::plan_id(ctx, observed)?;
+        let plan_id = observed.id(ctx)?;
         let mut ops = Vec::new();
         if changes.touches("description") {
             ops.push(replace("/description", &desired.description));
@@ -261,7 +239,7 @@ impl Driver for UsagePlans {
             ops.push(replace("/quota/period", &desired.quota_period));
         }
         if changes.touches_any(&["restApiName", "stageName"]) {
-            let api_id = Self::require_api_id(ctx, desired).await?;
+            let api_id = require_rest_api_id(ctx, &desired.rest_api_name).await?;
             let wanted = Self::stage_key(&api_id, &desired.stage_name);
             let current = ctx
                 .aws
@@ -327,7 +305,7 @@ impl Driver for UsagePlans {
         ctx: &Ctx<'_>,
         observed: &Observed<UsagePlanSpec>,
     ) -> Result<(), AwsError> {
-        let plan_id = Self::plan_id(ctx, observed)?;
+        let plan_id = observed.id(ctx)?;
         // AWS refuses to delete a plan still associated with API stages: detach them first.
         let Some(plan) = ctx
             .aws
