@@ -40,8 +40,16 @@ pub struct Decision {
 
 /// Backoff before retrying a correction that did not hold: 30 s, 1 min, 2 min … at most 1 h.
 pub fn backoff(corrections: u32) -> Duration {
-    let seconds = 30i64.saturating_mul(1i64 << corrections.saturating_sub(1).min(7));
-    Duration::seconds(seconds.min(3600))
+    use backon::BackoffBuilder;
+    let delay = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_secs(30))
+        .with_max_delay(std::time::Duration::from_secs(3600))
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+        .nth(corrections.saturating_sub(1) as usize)
+        .unwrap_or(std::time::Duration::from_secs(3600));
+    Duration::from_std(delay).unwrap_or(Duration::hours(1))
 }
 
 fn at<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {

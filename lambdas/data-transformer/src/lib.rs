@@ -66,15 +66,15 @@ impl DynamoSink {
     }
 }
 
-/// Delay before retry `attempt` (1-based): base·2^(attempt-1), capped at 5 s, with up to 50 % jitter.
-pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let capped = exp.min(Duration::from_secs(5));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let jitter = capped.mul_f64(f64::from(nanos % 500) / 1000.0);
-    capped / 2 + jitter
+/// Delays between attempts: base·2^n with jitter, capped at 5 s, `retries` of them.
+pub fn retry_delays(base: Duration, retries: usize) -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(base)
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(retries)
+        .with_jitter()
+        .build()
 }
 
 impl ItemSink for DynamoSink {
@@ -93,10 +93,19 @@ impl ItemSink for DynamoSink {
                     .build()
             })
             .collect();
+        let mut delays = retry_delays(
+            self.base_delay,
+            self.max_attempts.saturating_sub(1) as usize,
+        );
         let mut attempt = 0;
         while !pending.is_empty() {
             attempt += 1;
-            if attempt > self.max_attempts {
+            let delay = if attempt > 1 {
+                delays.next()
+            } else {
+                Some(Duration::ZERO)
+            };
+            let Some(delay) = delay else {
                 return Err(Error::Aws {
                     call: "BatchWriteItem",
                     resource: format!("table {}", self.table),
@@ -106,10 +115,8 @@ impl ItemSink for DynamoSink {
                         self.max_attempts
                     ),
                 });
-            }
-            if attempt > 1 {
-                tokio::time::sleep(backoff(self.base_delay, attempt - 1)).await;
-            }
+            };
+            tokio::time::sleep(delay).await;
             let out = self
                 .client
                 .batch_write_item()
@@ -375,10 +382,20 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_is_capped() {
+    fn retry_delays_grow_are_capped_and_run_out() {
         let base = Duration::from_millis(100);
-        assert!(backoff(base, 1) <= Duration::from_millis(100));
-        assert!(backoff(base, 4) >= Duration::from_millis(400));
-        assert!(backoff(base, 30) <= Duration::from_secs(5));
+        let delays: Vec<Duration> = retry_delays(base, 30).collect();
+        assert_eq!(delays.len(), 30, "one delay per retry");
+        // Jitter adds up to one more delay's worth: 100 ms·2^n ≤ d ≤ 2·100 ms·2^n, under the cap.
+        assert!(
+            delays[0] >= base && delays[0] <= base * 2,
+            "{:?}",
+            delays[0]
+        );
+        assert!(delays[3] >= Duration::from_millis(800), "{:?}", delays[3]);
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(10)),
+            "{delays:?}"
+        );
     }
 }
