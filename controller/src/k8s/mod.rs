@@ -20,6 +20,7 @@ pub mod events;
 pub mod fake_api;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
+pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod process_metrics;
@@ -28,21 +29,17 @@ pub mod reconcile;
 #[cfg(test)]
 mod run_tests;
 pub mod secret;
+pub mod shutdown;
 pub mod status;
 pub mod suffix_guard;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, WatchStreamExt};
@@ -51,8 +48,12 @@ use tokio::sync::{oneshot, watch};
 
 pub use context::{Backend, Context};
 pub use error::{Error, ErrorCategory};
+pub use http::{router, Health};
 pub use metrics::Metrics;
 pub use reconcile::{error_policy, reconcile};
+pub use shutdown::{
+    Shutdown, ShutdownTrigger, HTTP_STOP_TIMEOUT, LEASE_RELEASE_TIMEOUT, SHUTDOWN_SLACK,
+};
 
 use crate::api::TransactionPipeline;
 use crate::engine::Engine;
@@ -87,180 +88,10 @@ pub struct RunConfig {
     pub extra_tags: BTreeMap<String, String>,
 }
 
-/// Liveness and readiness as the HTTP server reports them.
-#[derive(Clone, Default)]
-pub struct Health {
-    ready: Arc<AtomicBool>,
-}
-
-impl Health {
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
-    }
-}
-
-#[derive(Clone)]
-struct HttpState {
-    metrics: Metrics,
-    health: Health,
-}
-
-/// The router of the HTTP server.
-pub fn router(metrics: Metrics, health: Health) -> Router {
-    Router::new()
-        .route("/metrics", get(serve_metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(serve_ready))
-        .with_state(HttpState { metrics, health })
-}
-
-async fn serve_metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-}
-
-async fn serve_ready(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.health.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-/// How long the Lease release may take on shutdown before it is given up (the Lease then expires
-/// after its duration).
-pub const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long the HTTP server gets to finish the requests it is answering on shutdown.
-pub const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
-/// What a shutdown takes at most beyond the drain of in-flight reconciles: the Lease release, the HTTP
-/// server, and a margin. After `shutdown_timeout + SHUTDOWN_SLACK` the process exits regardless.
-pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
-
 impl RunConfig {
     /// The most a shutdown takes from the first termination signal to the exit.
     pub fn shutdown_deadline(&self) -> Duration {
         self.shutdown_timeout + SHUTDOWN_SLACK
-    }
-}
-
-/// A request to shut down, seen by every part of [`serve`]. Cheap to clone.
-#[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-/// Requests the shutdown of a [`Shutdown`] made by [`Shutdown::manual`].
-pub struct ShutdownTrigger(watch::Sender<bool>);
-
-impl ShutdownTrigger {
-    pub fn trigger(&self) {
-        self.0.send_replace(true);
-    }
-}
-
-impl Shutdown {
-    /// A shutdown requested only through the returned trigger (tests, embedding).
-    pub fn manual() -> (ShutdownTrigger, Self) {
-        let (tx, rx) = watch::channel(false);
-        (ShutdownTrigger(tx), Self(rx))
-    }
-
-    /// Listens for SIGTERM and SIGINT (Ctrl-C). The first one requests the shutdown and arms a
-    /// watchdog: if the process still runs `deadline` later it exits with status 1. A second signal
-    /// exits at once with status 128 + its number (143 for SIGTERM, 130 for SIGINT).
-    pub fn on_signals(deadline: Duration) -> anyhow::Result<Self> {
-        let (trigger, shutdown) = Self::manual();
-        let mut signals = Signals::new()?;
-        tokio::spawn(async move {
-            let first = signals.next().await;
-            tracing::info!(
-                signal = first.name,
-                deadline = ?deadline,
-                "termination signal: shutting down (a second signal exits at once)"
-            );
-            trigger.trigger();
-            tokio::select! {
-                second = signals.next() => {
-                    tracing::warn!(signal = second.name, "second termination signal: exiting now");
-                    std::process::exit(128 + second.number);
-                }
-                _ = tokio::time::sleep(deadline) => {
-                    tracing::error!(deadline = ?deadline, "the shutdown did not finish in time: exiting now");
-                    std::process::exit(1);
-                }
-            }
-        });
-        Ok(shutdown)
-    }
-
-    pub fn is_requested(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Resolves once the shutdown is requested.
-    pub fn requested(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.0.clone();
-        async move {
-            // An error means the trigger is gone without a request: never resolve then.
-            if rx.wait_for(|requested| *requested).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-}
-
-struct Received {
-    name: &'static str,
-    number: i32,
-}
-
-/// SIGTERM and SIGINT, registered once (so a second signal is caught, not fatal by default).
-struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok(Self {
-                term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-                int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Self {})
-        }
-    }
-
-    async fn next(&mut self) -> Received {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.term.recv() => Received { name: "SIGTERM", number: 15 },
-                _ = self.int.recv() => Received { name: "SIGINT", number: 2 },
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            Received {
-                name: "Ctrl-C",
-                number: 2,
-            }
-        }
     }
 }
 
@@ -616,44 +447,4 @@ pub async fn run_controllers(
     }
     // Dropping the controllers aborts whatever still runs.
     Some(why)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    async fn get(addr: SocketAddr, path: &str) -> String {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
-        response
-    }
-
-    #[tokio::test]
-    async fn health_readiness_and_metrics_are_served() {
-        let metrics = Metrics::new();
-        drop(metrics.reconcile_timer());
-        let health = Health::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = router(metrics, health.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-
-        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
-        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
-        health.set_ready(true);
-        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
-        let scrape = get(addr, "/metrics").await;
-        assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
-        assert!(scrape.contains("application/openmetrics-text"), "{scrape}");
-        assert!(scrape.contains("tap_reconciles_total 1"), "{scrape}");
-    }
 }
