@@ -10,4 +10,5 @@ echo "== cargo test (moto)"
 cargo test --workspace "$@"
 
 echo "== integration tests against ministack"
-TAP_TEST_EMULATOR=ministack cargo test -p tap-tests --test stack --test drivers "$@"
+# --workspace: the same feature set as the run above, so nothing is rebuilt.
+TAP_TEST_EMULATOR=ministack cargo test --workspace --test stack --test drivers "$@"
