@@ -48,6 +48,13 @@ pub struct Engine {
     pub extra_tags: Tags,
     clients: tokio::sync::Mutex<HashMap<String, Aws>>,
     observer: Option<crate::aws::Observer>,
+    progress: Option<Arc<dyn Progress>>,
+}
+
+/// Told of every resource as its turn in a walk starts and ends (the CLI's live output).
+pub trait Progress: Send + Sync {
+    fn started(&self, id: &desired::ResourceId);
+    fn finished(&self, report: &ResourceReport);
 }
 
 /// Who owns the stack and what it should be.
@@ -65,7 +72,14 @@ impl Engine {
             extra_tags,
             clients: Default::default(),
             observer: None,
+            progress: None,
         }
+    }
+
+    /// Tells `progress` of every resource's turn as it starts and ends.
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// Reports every AWS call to `observer` (service, operation): the metrics registry.
@@ -146,6 +160,7 @@ impl Engine {
         let owner = pipeline.owner.to_string();
         let policy = pipeline.spec.drift_policy;
         let reports = walk::forward(&stack, self.concurrency, mode, |resource, deps| {
+            let progress = self.progress.clone();
             let aws = aws.clone();
             let owner = owner.clone();
             let shared = shared.clone();
@@ -158,6 +173,7 @@ impl Engine {
                     mode,
                     policy,
                     memory: &shared,
+                    progress: progress.as_deref(),
                 }
                 .converge()
                 .await
@@ -183,6 +199,7 @@ impl Engine {
         let owner = pipeline.owner.to_string();
         let memory = Mutex::new(DriftMemory::default());
         let reports = walk::backward(&stack, self.concurrency, |resource| {
+            let progress = self.progress.clone();
             let aws = aws.clone();
             let owner = owner.clone();
             let memory = &memory;
@@ -196,6 +213,7 @@ impl Engine {
                     mode,
                     policy: DriftPolicy::Correct,
                     memory,
+                    progress: progress.as_deref(),
                 }
                 .tear_down()
                 .await

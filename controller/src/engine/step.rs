@@ -92,6 +92,7 @@ pub(super) struct Step<'a> {
     pub mode: Mode,
     pub policy: DriftPolicy,
     pub memory: &'a Mutex<DriftMemory>,
+    pub progress: Option<&'a dyn super::Progress>,
 }
 
 /// What a turn did, before it is timed into a [`ResourceReport`].
@@ -149,20 +150,35 @@ impl Step<'_> {
 
     /// Forward: bring the resource to the spec.
     pub async fn converge(&self) -> ResourceReport {
-        let started = Instant::now();
+        let started = self.start();
         let turn = with_driver!(&self.resource.spec, |driver, spec| self
             .converge_with(&driver, spec)
             .await);
-        self.report(started, turn)
+        self.finish(started, turn)
     }
 
     /// Backward: delete the resource if it is ours.
     pub async fn tear_down(&self) -> ResourceReport {
-        let started = Instant::now();
+        let started = self.start();
         let turn = with_driver!(&self.resource.spec, |driver, spec| self
             .tear_down_with(&driver, spec)
             .await);
-        self.report(started, turn)
+        self.finish(started, turn)
+    }
+
+    fn start(&self) -> Instant {
+        if let Some(progress) = self.progress {
+            progress.started(&self.resource.id);
+        }
+        Instant::now()
+    }
+
+    fn finish(&self, started: Instant, turn: Turn) -> ResourceReport {
+        let report = self.report(started, turn);
+        if let Some(progress) = self.progress {
+            progress.finished(&report);
+        }
+        report
     }
 
     async fn converge_with<D: Driver>(&self, driver: &D, spec: &D::Spec) -> Turn {
