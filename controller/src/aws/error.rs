@@ -17,7 +17,7 @@ pub enum ErrorClass {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{call} on {resource}: {message}")]
+#[error("{call} on {resource}: {}{message}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
 pub struct AwsError {
     /// The resource the call was about, e.g. `Function tap-dev1-csv-validator`.
     pub resource: String,
@@ -185,19 +185,34 @@ where
                 SdkError::ServiceError(service) => {
                     let e = service.err();
                     let code = e.code().map(str::to_string);
+                    // An error AWS sent without a message (or one the SDK could not parse) is named by
+                    // its HTTP status, not the SDK's "unhandled error".
                     let message = e
                         .message()
                         .map(str::to_string)
-                        .unwrap_or_else(|| e.to_string());
+                        .unwrap_or_else(|| match status {
+                            Some(status) => format!("HTTP {status} without an error message"),
+                            None => "an error without a message".into(),
+                        });
                     let class = classify(code.as_deref(), &message, status);
                     (code, message, class)
                 }
-                SdkError::TimeoutError(_)
-                | SdkError::DispatchFailure(_)
-                | SdkError::ResponseError(_) => (
+                SdkError::TimeoutError(_) => (None, "timed out".into(), ErrorClass::Transient),
+                SdkError::DispatchFailure(failure) => (
                     None,
                     format!(
-                        "{}",
+                        "could not reach AWS: {}",
+                        failure
+                            .as_connector_error()
+                            .map(|e| root_cause(e))
+                            .unwrap_or_else(|| "the request was not sent".into())
+                    ),
+                    ErrorClass::Transient,
+                ),
+                SdkError::ResponseError(_) => (
+                    None,
+                    format!(
+                        "the response could not be read: {}",
                         aws_smithy_types::error::display::DisplayErrorContext(&err)
                     ),
                     ErrorClass::Transient,
@@ -220,6 +235,15 @@ where
             }
         })
     }
+}
+
+/// The innermost cause of an error (the OS error under the connector's wrappers), in one short line.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
 }
 
 /// The HTTP status of a raw response, for classification.

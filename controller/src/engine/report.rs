@@ -90,7 +90,7 @@ impl ResourceReport {
                 let verb = match (&self.action, self.applied) {
                     (Action::Update(_), true) => "updated",
                     (Action::Update(_), false) => "would update",
-                    _ => "differs (not corrected)",
+                    _ => "differs, left as is (driftPolicy: Report, or a correction that did not hold, retried later)",
                 };
                 format!("{verb}: {}", fields.join(", "))
             }

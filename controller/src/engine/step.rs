@@ -215,6 +215,11 @@ impl Step<'_> {
         let decision =
             self.memory()
                 .classify(id, &desired_json, &changes.diffs, now, self.writes());
+        // A dry run of a correcting pipeline says what apply will do; a report-only pipeline, or a
+        // correction held back after one that did not hold, differs and is left so.
+        if self.mode == Mode::DryRun && self.policy == DriftPolicy::Correct && !decision.hold {
+            return Turn::saw(Action::Update(changes.diffs), observed.outputs);
+        }
         if !self.writes() || decision.hold {
             return Turn::saw(Action::Hold(changes.diffs), observed.outputs);
         }
