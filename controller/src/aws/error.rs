@@ -38,6 +38,18 @@ impl AwsError {
         self.class == ErrorClass::Transient
     }
 
+    /// Whether AWS may have carried the request out although it failed: a timeout, a connection lost,
+    /// a 5xx. (Throttling, validation, a role not yet assumable: it was refused.) A create that is not
+    /// idempotent must look for what it may have made before it is repeated.
+    pub fn outcome_unknown(&self) -> bool {
+        self.is_transient()
+            && !self
+                .code
+                .as_deref()
+                .is_some_and(|c| THROTTLING_CODES.contains(&c))
+            && !self.is_role_propagation()
+    }
+
     /// A role that is not assumable yet (see [`role_not_assumable_yet`]).
     pub fn is_role_propagation(&self) -> bool {
         self.code
@@ -99,7 +111,8 @@ const NOT_FOUND_CODES: &[&str] = &[
     "QueueDoesNotExist",
 ];
 
-const TRANSIENT_CODES: &[&str] = &[
+/// Refused for the rate: nothing was carried out.
+const THROTTLING_CODES: &[&str] = &[
     "Throttling",
     "ThrottlingException",
     "ThrottledException",
@@ -109,6 +122,9 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestThrottledException",
     "ProvisionedThroughputExceededException",
     "SlowDown",
+];
+
+const TRANSIENT_CODES: &[&str] = &[
     "ServiceUnavailable",
     "ServiceUnavailableException",
     "InternalError",
@@ -144,7 +160,9 @@ pub fn role_not_assumable_yet(code: &str, message: &str) -> bool {
 pub fn classify(code: Option<&str>, message: &str, status: Option<u16>) -> ErrorClass {
     match code {
         Some(code) if NOT_FOUND_CODES.contains(&code) => ErrorClass::NotFound,
-        Some(code) if TRANSIENT_CODES.contains(&code) => ErrorClass::Transient,
+        Some(code) if TRANSIENT_CODES.contains(&code) || THROTTLING_CODES.contains(&code) => {
+            ErrorClass::Transient
+        }
         Some(code) if role_not_assumable_yet(code, message) => ErrorClass::Transient,
         // A REST API answering 404 without a modelled error (moto's DeleteRestApi on a missing API).
         None if status == Some(404) => ErrorClass::NotFound,
