@@ -4,10 +4,11 @@ moto version it patches and fails loudly on another (see supported.py). Test har
 product."""
 
 import apigateway_delete
+import apigateway_tags
 import cloudwatch_cbor
 import iam_resources
 import lambda_config
 import s3_xml_roots
 
-for adapter in (s3_xml_roots, lambda_config, cloudwatch_cbor, apigateway_delete, iam_resources):
+for adapter in (s3_xml_roots, lambda_config, cloudwatch_cbor, apigateway_delete, apigateway_tags, iam_resources):
     adapter.install()

@@ -106,16 +106,29 @@ impl Emulator {
             child,
         };
         emulator.wait_ready().await?;
-        if kind == EmulatorKind::Moto {
-            // Closer to AWS: no Docker for Lambda, and Step Functions really runs executions.
-            emulator
-                .post_json(
-                    "/moto-api/config",
-                    r#"{"lambda":{"use_docker":false},"stepfunctions":{"execute_state_machine":true}}"#,
-                )
-                .await?;
-        }
+        emulator.configure().await?;
         Ok(emulator)
+    }
+
+    async fn configure(&self) -> anyhow::Result<()> {
+        if self.kind == EmulatorKind::Moto {
+            // Closer to AWS: no Docker for Lambda, and Step Functions really runs executions.
+            self.post_json(
+                "/moto-api/config",
+                r#"{"lambda":{"use_docker":false},"stepfunctions":{"execute_state_machine":true}}"#,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every resource (a fresh account), keeping the process.
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        match self.kind {
+            EmulatorKind::Moto => self.post_json("/moto-api/reset", "{}").await?,
+            EmulatorKind::Ministack => self.post_json("/_ministack/reset", "{}").await?,
+        }
+        self.configure().await
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {

@@ -7,8 +7,11 @@
 
 pub mod datapath;
 pub mod emulator;
+pub mod faults;
+pub mod inventory;
 pub mod lambda_runtime_api;
 pub mod lifecycle;
+pub mod pipeline;
 pub mod stack;
 
 pub use emulator::{

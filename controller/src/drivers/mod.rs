@@ -81,12 +81,13 @@ impl<S> Observed<S> {
             .ok_or_else(|| AwsError::terminal(ctx.id, "observe", "the observed resource has no id"))
     }
 
-    /// The pipeline that owns the resource (`namespace/name`), if any: its own ownership tag, else its
-    /// parent's.
+    /// The pipeline that owns the resource (`namespace/name`), if any: its parent's owner where the
+    /// resource lives inside another (whoever owns an API owns its stages, whatever a stage's own tags
+    /// say), else its own ownership tag.
     pub fn owner(&self) -> Option<&str> {
-        self.tags
-            .get(OWNER_TAG)
-            .or(self.parent_owner.as_ref())
+        self.parent_owner
+            .as_ref()
+            .or(self.tags.get(OWNER_TAG))
             .map(String::as_str)
     }
 }

@@ -124,7 +124,8 @@ where
 }
 
 /// Deletes resources after everything that depends on them. A dependent that could not be deleted
-/// blocks what it depends on.
+/// blocks what it depends on, except one that is not ours (a Conflict): we never delete it, so waiting
+/// for it would leave everything of ours beneath it behind.
 pub async fn backward<F, Fut>(stack: &Stack, concurrency: usize, delete: F) -> Vec<ResourceReport>
 where
     F: Fn(Resource) -> Fut,
@@ -147,7 +148,7 @@ where
             !dependent.is_done()
                 && !matches!(
                     (&dependent.action, dependent.applied),
-                    (Action::Delete, false)
+                    (Action::Delete, false) | (Action::Conflict(_), _)
                 )
         },
         |i, _| delete(stack.resources[i].clone()),
@@ -317,5 +318,28 @@ mod tests {
             }
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn backward_is_not_held_up_by_someone_elses_resource() {
+        let stack = stack();
+        let theirs = stack
+            .resources
+            .iter()
+            .find(|r| r.id.kind == Kind::Stage)
+            .unwrap();
+        assert!(!theirs.depends_on.is_empty());
+        let reports = backward(&stack, 4, |resource| async move {
+            if resource.id.kind == Kind::Stage {
+                report(&resource.id, Action::Conflict("not ours".into()), false)
+            } else {
+                report(&resource.id, Action::Delete, true)
+            }
+        })
+        .await;
+        for dep in &theirs.depends_on {
+            let r = reports.iter().find(|r| &r.id == dep).unwrap();
+            assert_eq!(r.action, Action::Delete, "{dep} held up by a Conflict");
+        }
     }
 }

@@ -188,11 +188,12 @@ impl Driver for Stages {
             throttle_rate_limit: all.map_or(0.0, |m| m.throttling_rate_limit()),
             throttle_burst_limit: all.map_or(0, |m| m.throttling_burst_limit()),
         };
-        let mut observed = Observed::new(
-            spec,
-            user_tags(stage.tags().cloned().unwrap_or_default()),
-            Self::outputs(ctx, &api_id, desired),
-        );
+        let mut tags = user_tags(stage.tags().cloned().unwrap_or_default());
+        if api_owner.is_none() {
+            // A stage of an API that is not tagged by us is not ours, whatever its own tags say.
+            tags.remove(OWNER_TAG);
+        }
+        let mut observed = Observed::new(spec, tags, Self::outputs(ctx, &api_id, desired));
         observed.parent_owner = api_owner;
         Ok(Some(observed))
     }

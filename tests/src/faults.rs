@@ -1,0 +1,189 @@
+//! Faults real AWS has and the emulators lack, for the reliability suites:
+//! - [`Microburst`]: the fault proxy (PyPI `microburst`) in front of an emulator: throttling and errors in
+//!   each service's own error shape, latency, and responses aborted after the emulator acted;
+//! - [`CrashAfter`]: an SDK interceptor that lets `n` operations through, loses the answer of the `n`-th
+//!   (the emulator acted on it) and refuses every later one: a process that died at that call.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use aws_config::SdkConfig;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeDeserializationInterceptorContextMut, BeforeSerializationInterceptorContextRef,
+};
+use aws_smithy_runtime_api::client::interceptors::{Intercept, SharedInterceptor};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
+use serde_json::Value;
+
+use crate::emulator::Emulator;
+
+/// The fault proxy, listening on a free loopback port, forwarding to an emulator. Killed when dropped.
+pub struct Microburst {
+    pub endpoint: String,
+    child: Child,
+}
+
+impl Microburst {
+    pub async fn start(upstream: &Emulator) -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let bin = std::env::var("TAP_MICROBURST_BIN").unwrap_or_else(|_| "microburst".into());
+        let child = Command::new(bin)
+            .args([
+                "--upstream",
+                &upstream.endpoint,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting microburst (pip install microburst; see scripts/setup.sh)")?;
+        let proxy = Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("microburst did not listen on {port} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(proxy)
+    }
+
+    /// Replaces the fault rules (a JSON list, see microburst's rules: `service` is botocore's name,
+    /// e.g. `stepfunctions`; `operation`, `probability`, `times`, `error`, `latency`, `reset`,
+    /// `response: {"abort_bytes": 0}` for an answer lost after the emulator acted).
+    pub async fn set_rules(&self, rules: Value) -> anyhow::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = rules.to_string();
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!(
+            "POST /_microburst/rules HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        if !response.starts_with("HTTP/1.1 2") {
+            bail!(
+                "microburst refused the rules: {}",
+                response.lines().next().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// The emulator's SDK configuration, through the proxy.
+    pub fn sdk_config(&self, emulator: &Emulator) -> SdkConfig {
+        emulator
+            .sdk_config()
+            .to_builder()
+            .endpoint_url(&self.endpoint)
+            .build()
+    }
+}
+
+impl Drop for Microburst {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process that stops at its `n`-th AWS operation: operations 1..n reach AWS, the answer to the
+/// `n`-th is lost (AWS acted on it), and every later one is refused before it is sent.
+#[derive(Clone, Debug)]
+pub struct CrashAfter {
+    n: u64,
+    seen: Arc<AtomicU64>,
+    reached: Arc<tokio::sync::Notify>,
+}
+
+/// Marks the operation in flight as the one whose answer is lost.
+#[derive(Clone, Debug)]
+struct LoseAnswer;
+
+impl Storable for LoseAnswer {
+    type Storer = StoreReplace<Self>;
+}
+
+impl CrashAfter {
+    pub fn new(n: u64) -> Self {
+        Self {
+            n,
+            seen: Arc::new(AtomicU64::new(0)),
+            reached: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Resolves once the `n`-th operation's answer is lost: the process would be gone from there, so the
+    /// caller drops what it was running (in-flight calls lose their answers too).
+    pub async fn reached(&self) {
+        self.reached.notified().await
+    }
+
+    pub fn interceptor(&self) -> SharedInterceptor {
+        SharedInterceptor::new(self.clone())
+    }
+
+    /// Operations started (sent or refused).
+    pub fn seen(&self) -> u64 {
+        self.seen.load(Ordering::SeqCst)
+    }
+
+    /// Whether the crash point was reached.
+    pub fn crashed(&self) -> bool {
+        self.seen() >= self.n
+    }
+}
+
+impl Intercept for CrashAfter {
+    fn name(&self) -> &'static str {
+        "tap-crash-after"
+    }
+
+    fn read_before_serialization(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let index = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if index > self.n {
+            return Err("crashed: the process is gone".into());
+        }
+        if index == self.n {
+            cfg.interceptor_state().store_put(LoseAnswer);
+        }
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if cfg.load::<LoseAnswer>().is_some() {
+            let _ = context;
+            self.reached.notify_one();
+            return Err("crashed: the answer was lost".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! Faults through the proxy (microburst) and the SDK interceptor.
