@@ -68,12 +68,39 @@ impl Microburst {
     /// e.g. `stepfunctions`; `operation`, `probability`, `times`, `error`, `latency`, `reset`,
     /// `response: {"abort_bytes": 0}` for an answer lost after the emulator acted).
     pub async fn set_rules(&self, rules: Value) -> anyhow::Result<()> {
+        self.control("POST", "/_microburst/rules", &rules.to_string())
+            .await
+            .map(drop)
+    }
+
+    /// How often each rule fired so far: `(rule as set, count)`.
+    pub async fn fired(&self) -> anyhow::Result<Vec<(Value, u64)>> {
+        let rules: Value =
+            serde_json::from_str(&self.control("GET", "/_microburst/rules", "").await?)?;
+        Ok(rules
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|rule| {
+                let count = rule["fired_count"].as_u64().unwrap_or(0);
+                let mut rule = rule.clone();
+                if let Some(map) = rule.as_object_mut() {
+                    map.retain(|k, _| {
+                        ["service", "operation", "error", "response", "reset"].contains(&k.as_str())
+                    });
+                }
+                (rule, count)
+            })
+            .collect())
+    }
+
+    /// One request to the control API; the response body.
+    async fn control(&self, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let body = rules.to_string();
         let addr = self.endpoint.trim_start_matches("http://");
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         let request = format!(
-            "POST /_microburst/rules HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(request.as_bytes()).await?;
@@ -81,11 +108,14 @@ impl Microburst {
         stream.read_to_string(&mut response).await?;
         if !response.starts_with("HTTP/1.1 2") {
             bail!(
-                "microburst refused the rules: {}",
+                "microburst refused {method} {path}: {}",
                 response.lines().next().unwrap_or_default()
             );
         }
-        Ok(())
+        Ok(response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default())
     }
 
     /// The emulator's SDK configuration, through the proxy.
