@@ -22,17 +22,21 @@ use crate::aws::{Aws, AwsError, Optional, ResultExt};
 use crate::desired::{names, ResourceId, Tags, OWNER_TAG};
 use crate::drivers::waited;
 
+use super::lock::{LockOptions, LockState};
+
 /// How long a new control table may take to become ACTIVE.
 const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The control table of one stack, for one walk.
 pub struct Control {
-    aws: Aws,
+    pub(super) aws: Aws,
     table: String,
-    id: ResourceId,
+    pub(super) id: ResourceId,
     owner: String,
     tags: Tags,
     ready: OnceCell<()>,
+    pub(super) lock: LockOptions,
+    pub(super) lock_state: tokio::sync::Mutex<LockState>,
 }
 
 /// What a writer recorded before a create it cannot make atomic.
@@ -52,7 +56,7 @@ fn key(id: &ResourceId) -> HashMap<String, AttributeValue> {
 }
 
 impl Control {
-    pub fn new(aws: Aws, suffix: &str, owner: &str, tags: Tags) -> Self {
+    pub fn new(aws: Aws, suffix: &str, owner: &str, tags: Tags, lock: LockOptions) -> Self {
         let table = names::control_table(suffix);
         Self {
             id: ResourceId::new(crate::desired::Kind::Table, &table),
@@ -61,6 +65,8 @@ impl Control {
             owner: owner.to_string(),
             tags,
             ready: OnceCell::new(),
+            lock,
+            lock_state: Default::default(),
         }
     }
 
@@ -221,7 +227,8 @@ impl Control {
         Ok(())
     }
 
-    /// Deletes the table (the teardown left nothing else), if it exists and is ours.
+    /// Deletes the table (the teardown left nothing else), if it exists and is ours; under the lock,
+    /// which goes with it.
     pub async fn remove(&self) -> Result<bool, AwsError> {
         let Some(table) = self
             .aws
@@ -251,6 +258,7 @@ impl Control {
         {
             return Ok(false);
         }
+        self.writer(None).await?;
         self.aws
             .dynamodb
             .delete_table()
@@ -259,6 +267,7 @@ impl Control {
             .await
             .context(&self.id, "dynamodb:DeleteTable")
             .optional()?;
+        self.forget_lock().await;
         Ok(true)
     }
 }

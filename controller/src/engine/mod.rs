@@ -4,6 +4,7 @@
 
 mod control;
 mod drift;
+mod lock;
 mod report;
 mod status;
 mod step;
@@ -17,6 +18,7 @@ use aws_config::SdkConfig;
 
 pub use control::{Control, Intent};
 pub use drift::DriftMemory;
+pub use lock::{cli_holder, LockHolder, LockOptions, LOCKED};
 pub use report::{Action, Report, ResourceReport};
 
 use crate::api::{DriftPolicy, StackOutputs, TransactionPipelineSpec, ValidationErrors};
@@ -41,6 +43,15 @@ pub enum EngineError {
     Connect { region: String, source: AwsError },
 }
 
+/// Reading or removing a stack's lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
 /// One engine serves every pipeline: it holds the SDK configuration and one set of clients per region.
 pub struct Engine {
     sdk: SdkConfig,
@@ -53,12 +64,15 @@ pub struct Engine {
     observer: Option<crate::aws::Observer>,
     error_observer: Option<crate::aws::ErrorObserver>,
     progress: Option<Arc<dyn Progress>>,
+    lock: LockOptions,
 }
 
 /// Told of every resource as its turn in a walk starts and ends (the CLI's live output).
 pub trait Progress: Send + Sync {
     fn started(&self, id: &desired::ResourceId);
     fn finished(&self, report: &ResourceReport);
+    /// Someone else holds the stack's lock: the walk waits (up to the lock timeout).
+    fn waiting_for_lock(&self, _holder: &LockHolder) {}
 }
 
 /// Who owns the stack and what it should be.
@@ -79,7 +93,46 @@ impl Engine {
             observer: None,
             error_observer: None,
             progress: None,
+            lock: LockOptions::default(),
         }
+    }
+
+    /// Who this writer is to the stack's lock, its lease, and how long to wait for another holder.
+    pub fn with_lock(mut self, lock: LockOptions) -> Self {
+        self.lock = lock;
+        self
+    }
+
+    /// The stack's control table, for one walk.
+    fn control(&self, aws: &Aws, stack: &Stack, owner: &str) -> Control {
+        Control::new(
+            aws.clone(),
+            &stack.suffix,
+            owner,
+            control_tags(stack),
+            self.lock.clone(),
+        )
+    }
+
+    /// Someone else's live lock on the pipeline's stack, if any (a read).
+    pub async fn lock_holder(
+        &self,
+        pipeline: &Pipeline<'_>,
+    ) -> Result<Option<LockHolder>, LockError> {
+        let (aws, stack) = self.desired(pipeline).await?;
+        let control = self.control(&aws, &stack, &names::owner_tag(pipeline.owner));
+        Ok(control.holder().await?)
+    }
+
+    /// Removes a crashed writer's lock, only if `id` is its id (`force-unlock`).
+    pub async fn force_unlock(
+        &self,
+        pipeline: &Pipeline<'_>,
+        id: &str,
+    ) -> Result<LockHolder, LockError> {
+        let (aws, stack) = self.desired(pipeline).await?;
+        let control = self.control(&aws, &stack, &names::owner_tag(pipeline.owner));
+        Ok(control.force_unlock(id).await?)
     }
 
     /// How the clients are built: rate limits per service, extra interceptors.
@@ -181,7 +234,7 @@ impl Engine {
         memory.begin_walk();
         let shared = Arc::new(Mutex::new(std::mem::take(memory)));
         let owner = names::owner_tag(pipeline.owner);
-        let control = Control::new(aws.clone(), &stack.suffix, &owner, control_tags(&stack));
+        let control = self.control(&aws, &stack, &owner);
         let policy = pipeline.spec.drift_policy;
         let walk = walk::forward(&stack, self.concurrency, mode, |resource, deps| {
             let progress = self.progress.clone();
@@ -205,12 +258,15 @@ impl Engine {
                 .await
             }
         });
-        let (reports, calls) = aws::scope(walk).await;
+        let (reports, calls) = aws::scope(under_lock(&control, mode, walk)).await;
+        let (reports, locked_by) = reports;
         *memory = Arc::try_unwrap(shared)
             .map(|m| m.into_inner().expect("drift memory poisoned"))
             .unwrap_or_default();
         let drift = memory.entries(&stack);
-        Ok(finish(&stack, reports, drift, started, calls))
+        let mut report = finish(&stack, reports, drift, started, calls);
+        report.locked_by = locked_by;
+        Ok(report)
     }
 
     /// Deletes every resource of the stack that this pipeline owns, dependents first.
@@ -222,7 +278,7 @@ impl Engine {
         let (aws, stack) = self.desired(pipeline).await?;
         let started = Instant::now();
         let owner = names::owner_tag(pipeline.owner);
-        let control = Control::new(aws.clone(), &stack.suffix, &owner, control_tags(&stack));
+        let control = self.control(&aws, &stack, &owner);
         let memory = Mutex::new(DriftMemory::default());
         let work = async {
             let reports = walk::backward(&stack, self.concurrency, |resource| {
@@ -272,9 +328,34 @@ impl Engine {
             }
             reports
         };
-        let (reports, calls) = aws::scope(work).await;
-        Ok(finish(&stack, reports, Vec::new(), started, calls))
+        let (reports, calls) = aws::scope(under_lock(&control, mode, work)).await;
+        let (reports, locked_by) = reports;
+        let mut report = finish(&stack, reports, Vec::new(), started, calls);
+        report.locked_by = locked_by;
+        Ok(report)
     }
+}
+
+/// Runs a walk with the lock kept alive while it is held and released after; in a dry run, reads who
+/// holds it instead. Someone else's lock, if it refused the walk's writes or a write is in progress.
+async fn under_lock<T>(
+    control: &Control,
+    mode: Mode,
+    walk: impl std::future::Future<Output = T>,
+) -> (T, Option<LockHolder>) {
+    if mode == Mode::DryRun {
+        let (out, holder) = futures::join!(walk, control.holder());
+        return (out, holder.ok().flatten());
+    }
+    let out = tokio::select! {
+        out = walk => out,
+        _ = control.keep_alive() => unreachable!("the heartbeat runs until the walk ends"),
+    };
+    if let Err(e) = control.release().await {
+        // It expires after its lease.
+        tracing::warn!(error = %e, "could not release the stack's lock");
+    }
+    (out, control.refused_by().await)
 }
 
 /// The control table carries the stack's ownership tags.
@@ -302,6 +383,7 @@ fn finish(
         api_key,
         elapsed: started.elapsed(),
         calls,
+        locked_by: None,
     }
 }
 

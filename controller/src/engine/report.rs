@@ -133,6 +133,9 @@ pub struct Report {
     pub elapsed: Duration,
     /// AWS calls made during the walk, by `(service, operation)`.
     pub calls: BTreeMap<(String, String), u64>,
+    /// Someone else's lock on the stack: it refused this walk's writes (apply, destroy), or a write is
+    /// in progress (plan).
+    pub locked_by: Option<super::LockHolder>,
 }
 
 impl Report {

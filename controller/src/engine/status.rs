@@ -130,6 +130,15 @@ impl Report {
             .chain(conflicts.iter())
             .map(|r| format!("{}: {}", r.id, r.message()))
             .collect();
+        if let Some(holder) = &self.locked_by {
+            if !self.failures().is_empty() {
+                return (
+                    true,
+                    "Locked",
+                    format!("{holder}: no write until it is released or expires"),
+                );
+            }
+        }
         if problems.is_empty() {
             (false, "Healthy", "no AWS errors".into())
         } else if !conflicts.is_empty() {

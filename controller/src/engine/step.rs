@@ -104,6 +104,8 @@ struct Turn {
     applied: bool,
     outputs: Outputs,
     remembered: bool,
+    /// Observed before the stack's lock was taken (by this turn or another): observe again under it.
+    stale: bool,
 }
 
 impl Turn {
@@ -113,6 +115,7 @@ impl Turn {
             applied: true,
             outputs,
             remembered: false,
+            stale: false,
         }
     }
 
@@ -122,12 +125,20 @@ impl Turn {
             applied: false,
             outputs,
             remembered: false,
+            stale: false,
+        }
+    }
+
+    fn stale() -> Self {
+        Self {
+            stale: true,
+            ..Self::saw(Action::NoChange, Outputs::default())
         }
     }
 
     /// A transient failure, worth another try within the walk.
     fn retryable(&self) -> bool {
-        matches!(&self.action, Action::Fail(e) if e.is_transient())
+        matches!(&self.action, Action::Fail(e) if e.is_transient() && e.code.as_deref() != Some(super::LOCKED))
     }
 }
 
@@ -180,6 +191,9 @@ impl Step<'_> {
             let turn = with_driver!(&self.resource.spec, |driver, spec| self
                 .converge_with(&driver, spec)
                 .await);
+            if turn.stale {
+                continue;
+            }
             match retries.next() {
                 Some(delay) if turn.retryable() => tokio::time::sleep(delay).await,
                 _ => break turn,
@@ -206,6 +220,9 @@ impl Step<'_> {
             let turn = with_driver!(&self.resource.spec, |driver, spec| self
                 .tear_down_with(&driver, spec)
                 .await);
+            if turn.stale {
+                continue;
+            }
             match retries.next() {
                 Some(delay) if turn.retryable() => tokio::time::sleep(delay).await,
                 _ => break turn,
@@ -227,6 +244,16 @@ impl Step<'_> {
             progress.finished(&report);
         }
         report
+    }
+
+    /// Takes the stack's lock before this turn's first write: `Some(turn)` when the turn must stop
+    /// here (someone else holds it; or it was taken after this turn observed, so observe again).
+    async fn lock_for_write(&self, observed_at: Instant) -> Option<Turn> {
+        match self.control.writer(self.progress).await {
+            Ok(taken) if taken > observed_at => Some(Turn::stale()),
+            Ok(_) => None,
+            Err(e) => Some(Turn::saw(Action::Fail(e), Outputs::default())),
+        }
     }
 
     /// Reads the resource; one found under our name without any ownership tag is ours only when this
@@ -271,6 +298,7 @@ impl Step<'_> {
         let ctx = self.ctx();
         let tags = &self.resource.tags;
         let id = &self.resource.id;
+        let observed_at = Instant::now();
         let observed = match self.observe(driver, spec).await {
             Ok(observed) => observed,
             Err(e) => return Turn::saw(failure(e.into()), Outputs::default()),
@@ -280,6 +308,11 @@ impl Step<'_> {
         let observed = match observed {
             Some(observed) => observed,
             None => {
+                if self.writes() {
+                    if let Some(turn) = self.lock_for_write(observed_at).await {
+                        return turn;
+                    }
+                }
                 let recreate = self.memory().note_missing(id, now, self.writes());
                 if !self.writes() {
                     return Turn::saw(Action::Create, Outputs::default());
@@ -302,7 +335,7 @@ impl Step<'_> {
         if let Some(conflict) = self.conflict(&observed) {
             return Turn::saw(conflict, observed.outputs);
         }
-        let resumed = observed.tags.get(OWNER_TAG).is_none() && id.kind.creates_untagged();
+        let resumed = !observed.tags.contains_key(OWNER_TAG) && id.kind.creates_untagged();
         let changes = drivers::diff(spec, tags, &observed);
         if changes.is_empty() {
             self.memory().applied(id, desired_json, false);
@@ -318,6 +351,9 @@ impl Step<'_> {
         }
         if !self.writes() || decision.hold {
             return Turn::saw(Action::Hold(changes.diffs), observed.outputs);
+        }
+        if let Some(turn) = self.lock_for_write(observed_at).await {
+            return turn;
         }
         match driver.update(&ctx, spec, tags, &observed, &changes).await {
             Ok(outputs) => {
@@ -342,6 +378,7 @@ impl Step<'_> {
     async fn tear_down_with<D: Driver>(&self, driver: &D, spec: &D::Spec) -> Turn {
         let ctx = self.ctx();
         let id = &self.resource.id;
+        let observed_at = Instant::now();
         let observed = match self.observe(driver, spec).await {
             Ok(Some(observed)) => observed,
             Ok(None) => return Turn::saw(Action::AlreadyGone, Outputs::default()),
@@ -356,6 +393,9 @@ impl Step<'_> {
         }
         if self.mode == Mode::DryRun {
             return Turn::saw(Action::Delete, Outputs::default());
+        }
+        if let Some(turn) = self.lock_for_write(observed_at).await {
+            return turn;
         }
         match driver.delete(&ctx, &observed).await {
             Ok(()) => {

@@ -6,6 +6,7 @@
 mod crash;
 mod faults;
 mod foreign;
+mod lock;
 
 use std::time::Duration;
 
