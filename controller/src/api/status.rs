@@ -6,6 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// What the controller last saw of the stack in AWS: phase, conditions, one entry per resource, drifted
+/// fields and the outputs clients need. Written by the controller only.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TransactionPipelineStatus {
@@ -14,6 +16,8 @@ pub struct TransactionPipelineStatus {
     pub observed_generation: Option<i64>,
     /// Overall phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Absent until the first reconcile, never null: the schema lists the phases only.
+    #[schemars(with = "Phase")]
     pub phase: Option<Phase>,
     /// `Ready`, `Drifted`, `Degraded` and, when another pipeline owns the suffix, `Conflict`.
     #[serde(default)]
