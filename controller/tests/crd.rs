@@ -76,6 +76,34 @@ fn api_contract_names_and_printer_columns() {
         columns,
         ["Suffix", "Phase", "Ready", "Drift", "Endpoint", "Age"]
     );
+    // ENDPOINT only with `-o wide`.
+    let priority = |name: &str| {
+        version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .get("priority")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    assert_eq!(priority("Endpoint"), 1);
+    assert_eq!(priority("Phase"), 0);
+    let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"];
+    let conditions = &status["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map", "{conditions}");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+    // kubectl explain: the root and status say what they are, and the phase lists no null.
+    let root = &version["schema"]["openAPIV3Schema"];
+    assert!(
+        !root["description"].as_str().unwrap().contains("Auto-generated"),
+        "{}",
+        root["description"]
+    );
+    assert!(status["description"].as_str().is_some_and(|d| !d.is_empty()));
+    let phases = status["properties"]["phase"]["enum"].as_array().unwrap();
+    assert!(!phases.iter().any(Value::is_null), "{phases:?}");
     let suffix = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
         ["environmentSuffix"];
     assert_eq!(suffix["pattern"], "^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$");

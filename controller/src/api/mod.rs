@@ -37,7 +37,7 @@ pub const FINALIZER: &str = "tap.dev/cleanup";
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Drift","type":"integer","jsonPath":".status.driftCount"}"#,
-    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.outputs.apiEndpoint"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.outputs.apiEndpoint","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -74,6 +74,7 @@ pub struct TransactionPipelineSpec {
     #[schemars(schema_with = "tags_schema")]
     #[x_kube(validation = Rule::new("self.all(k, size(k) >= 1 && size(k) <= 128)").message("tag keys must be 1 to 128 characters"))]
     #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('aws:') && !k.startsWith('tap.dev/'))").message("tag keys under aws: and tap.dev/ are reserved"))]
+    #[x_kube(validation = Rule::new(r"self.all(k, k.matches(r'^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$'))").message("tag keys may hold only letters, digits, spaces and _ . : / = + - @"))]
     pub tags: BTreeMap<String, String>,
 
     /// The three container-image Lambda functions (arm64).

@@ -19,8 +19,10 @@ pub struct TransactionPipelineStatus {
     // Absent until the first reconcile, never null: the schema lists the phases only.
     #[schemars(with = "Phase")]
     pub phase: Option<Phase>,
-    /// `Ready`, `Drifted`, `Degraded` and, when another pipeline owns the suffix, `Conflict`.
+    /// `Ready`, `Drifted`, `Degraded` and, when another pipeline owns the suffix, `Conflict`: at most one
+    /// of each type.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// One entry per AWS resource of the stack.
     #[serde(default)]
