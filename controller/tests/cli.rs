@@ -130,7 +130,7 @@ async fn plan_apply_drift_and_destroy_with_exit_codes() {
     assert_eq!(status["resources"].as_array().unwrap().len(), 30);
 
     // destroy: everything goes; a plan afterwards wants to create it all again.
-    let (code, out, err) = run(&emu, &["destroy", "-f", file]);
+    let (code, out, err) = run(&emu, &["destroy", "-f", file, "--auto-approve"]);
     assert_eq!(code, 0, "{out}{err}");
     // The 30 resources and the stack's control table (it held the bucket's create intent).
     assert!(out.contains("destroy: 31 of 31 resources gone"), "{out}");

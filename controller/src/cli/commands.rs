@@ -337,13 +337,32 @@ pub async fn destroy(args: &DestroyArgs) -> anyhow::Result<i32> {
         anyhow::bail!("destroy cancelled (the answer was not 'yes'): nothing deleted");
     }
 
+    // Like `apply`: repeat passes while the only failures are transient, until done or the timeout.
     p.progress.set("deleting", true);
-    let report = {
-        let _ticker = p.progress.ticker();
-        p.engine
-            .teardown(&p.target(), Mode::Apply)
-            .await
-            .context("destroy")?
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_seconds);
+    let mut pass = 0;
+    let report = loop {
+        pass += 1;
+        let report = {
+            let _ticker = p.progress.ticker();
+            p.engine
+                .teardown(&p.target(), Mode::Apply)
+                .await
+                .context("destroy")?
+        };
+        let retry = !report.converged()
+            && report.conflicts().is_empty()
+            && report.only_transient_failures();
+        if retry && Instant::now() < deadline {
+            p.progress.note(&format!(
+                "pass {pass}: {} of {} resources gone, retrying the rest",
+                report.resources.iter().filter(|r| r.is_done()).count(),
+                report.resources.len()
+            ));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        break report;
     };
     let mut stdout = std::io::stdout().lock();
     if json {

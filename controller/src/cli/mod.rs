@@ -115,6 +115,10 @@ pub struct DestroyArgs {
     /// elsewhere.
     #[arg(long)]
     pub auto_approve: bool,
+    /// How long to keep repeating teardown passes while the only failures are transient (throttling,
+    /// a dependency still being deleted), in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_seconds: u64,
 }
 
 #[derive(Args, Debug)]
@@ -244,7 +248,7 @@ mod tests {
                 .collect()
         };
         assert!(!flags("plan").contains(&"timeout_seconds".to_string()));
-        assert!(!flags("destroy").contains(&"timeout_seconds".to_string()));
+        assert!(flags("destroy").contains(&"timeout_seconds".to_string()));
         assert!(flags("apply").contains(&"timeout_seconds".to_string()));
         assert!(flags("destroy").contains(&"auto_approve".to_string()));
         assert!(!flags("plan").contains(&"auto_approve".to_string()));
