@@ -90,9 +90,24 @@ async fn plan_apply_drift_and_destroy_with_exit_codes() {
     push_images(&emu, "cli1").await;
     let (code, out, err) = run(&emu, &["apply", "-f", file]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("phase: Ready"), "{out}");
     assert!(
-        out.contains("phase: Ready") && out.contains("transactionsTable: tap-cli1-transactions"),
-        "{out}"
+        out.lines().any(|l| l.trim_start().starts_with("transactionsTable")
+            && l.trim_end().ends_with(" tap-cli1-transactions")),
+        "an aligned outputs table: {out}"
+    );
+    // Progress on stderr (not a terminal: plain lines), each resource as it starts and as it ends with
+    // its elapsed time.
+    assert!(
+        err.contains("  Function tap-cli1-csv-validator: applying…"),
+        "a line as it starts: {err}"
+    );
+    assert!(
+        err.lines().any(|l| l.starts_with("~ Function tap-cli1-csv-validator:")
+            || l.starts_with("+ Function tap-cli1-csv-validator:")
+            || l.starts_with("= Function tap-cli1-csv-validator:"))
+            && err.contains("s]"),
+        "a line as it ends, with its elapsed time: {err}"
     );
 
     // Converged: plan exits 0.
