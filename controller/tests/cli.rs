@@ -92,8 +92,9 @@ async fn plan_apply_drift_and_destroy_with_exit_codes() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("phase: Ready"), "{out}");
     assert!(
-        out.lines().any(|l| l.trim_start().starts_with("transactionsTable")
-            && l.trim_end().ends_with(" tap-cli1-transactions")),
+        out.lines()
+            .any(|l| l.trim_start().starts_with("transactionsTable")
+                && l.trim_end().ends_with(" tap-cli1-transactions")),
         "an aligned outputs table: {out}"
     );
     // Progress on stderr (not a terminal: plain lines), each resource as it starts and as it ends with
@@ -103,9 +104,10 @@ async fn plan_apply_drift_and_destroy_with_exit_codes() {
         "a line as it starts: {err}"
     );
     assert!(
-        err.lines().any(|l| l.starts_with("~ Function tap-cli1-csv-validator:")
-            || l.starts_with("+ Function tap-cli1-csv-validator:")
-            || l.starts_with("= Function tap-cli1-csv-validator:"))
+        err.lines()
+            .any(|l| l.starts_with("~ Function tap-cli1-csv-validator:")
+                || l.starts_with("+ Function tap-cli1-csv-validator:")
+                || l.starts_with("= Function tap-cli1-csv-validator:"))
             && err.contains("s]"),
         "a line as it ends, with its elapsed time: {err}"
     );
@@ -149,7 +151,10 @@ async fn plan_apply_drift_and_destroy_with_exit_codes() {
     let (code, out, err) = run(&emu, &["destroy", "-f", file]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("destroy will delete:"), "{out}");
-    assert!(out.contains("object versions"), "the bucket's object count: {out}");
+    assert!(
+        out.contains("object versions"),
+        "the bucket's object count: {out}"
+    );
     assert!(
         err.contains("stdin is not a terminal") && err.contains("--auto-approve"),
         "{err}"

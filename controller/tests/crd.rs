@@ -93,15 +93,23 @@ fn api_contract_names_and_printer_columns() {
     let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"];
     let conditions = &status["properties"]["conditions"];
     assert_eq!(conditions["x-kubernetes-list-type"], "map", "{conditions}");
-    assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+    assert_eq!(
+        conditions["x-kubernetes-list-map-keys"],
+        serde_json::json!(["type"])
+    );
     // kubectl explain: the root and status say what they are, and the phase lists no null.
     let root = &version["schema"]["openAPIV3Schema"];
     assert!(
-        !root["description"].as_str().unwrap().contains("Auto-generated"),
+        !root["description"]
+            .as_str()
+            .unwrap()
+            .contains("Auto-generated"),
         "{}",
         root["description"]
     );
-    assert!(status["description"].as_str().is_some_and(|d| !d.is_empty()));
+    assert!(status["description"]
+        .as_str()
+        .is_some_and(|d| !d.is_empty()));
     let phases = status["properties"]["phase"]["enum"].as_array().unwrap();
     assert!(!phases.iter().any(Value::is_null), "{phases:?}");
     let suffix = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]

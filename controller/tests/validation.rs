@@ -46,7 +46,13 @@ struct Case {
     crd: Crd,
 }
 
-fn case(name: &'static str, from: &'static str, to: impl Into<String>, field: &'static str, crd: Crd) -> Case {
+fn case(
+    name: &'static str,
+    from: &'static str,
+    to: impl Into<String>,
+    field: &'static str,
+    crd: Crd,
+) -> Case {
     Case {
         name,
         from,
@@ -62,7 +68,9 @@ fn cases() -> Vec<Case> {
     let env = "environment: {LOG: info}";
     let tags = "tags: {team: payments}";
     let many_tags: Vec<String> = (0..49).map(|i| format!("t{i}: v")).collect();
-    let big_env: Vec<String> = (0..300).map(|i| format!("V{i}: {}", "x".repeat(10))).collect();
+    let big_env: Vec<String> = (0..300)
+        .map(|i| format!("V{i}: {}", "x".repeat(10)))
+        .collect();
     vec![
         case("tag and uri", csv, format!("csvValidator: {{image: {{tag: v1, uri: '{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/r:v1'}}}}"), "spec.functions.csvValidator.image", Refuses),
         case("neither tag nor uri", csv, "csvValidator: {image: {}}", "spec.functions.csvValidator.image", Refuses),
@@ -98,7 +106,10 @@ fn cases() -> Vec<Case> {
 fn cli_errors(text: &str) -> Vec<String> {
     let pipeline = parse_manifest(text, "m.yaml").expect("the case parses");
     let mut fields = Vec::new();
-    for result in [validate_metadata(&pipeline.metadata), validate(&pipeline.spec)] {
+    for result in [
+        validate_metadata(&pipeline.metadata),
+        validate(&pipeline.spec),
+    ] {
         if let Err(e) = result {
             fields.extend(e.0.into_iter().map(|e| e.field));
         }
@@ -132,7 +143,11 @@ fn crd_errors(schema: &Value, text: &str) -> Vec<String> {
     // The API server checks a 63-character namespace and a 253-character name before the schema; the
     // schema's metadata is an open object.
     let validator = jsonschema::validator_for(schema).expect("the CRD schema compiles");
-    errors.extend(validator.iter_errors(&object).map(|e| format!("schema: {e}")));
+    errors.extend(
+        validator
+            .iter_errors(&object)
+            .map(|e| format!("schema: {e}")),
+    );
     if let Err(e) = kube::core::cel::Validator::new().validate(schema, &object, None) {
         errors.extend(e.into_vec().into_iter().map(|e| format!("cel: {e}")));
     }
@@ -150,11 +165,19 @@ fn every_invalid_manifest_is_refused_by_the_cli_and_where_it_can_by_the_crd() {
     let schema = openapi_schema();
     let mut wrong = Vec::new();
     for c in cases() {
-        assert!(BASE.contains(c.from), "{}: {:?} not in the base", c.name, c.from);
+        assert!(
+            BASE.contains(c.from),
+            "{}: {:?} not in the base",
+            c.name,
+            c.from
+        );
         let text = BASE.replacen(c.from, &c.to, 1);
         let cli = cli_errors(&text);
         if !cli.iter().any(|f| f.starts_with(c.field)) {
-            wrong.push(format!("{}: the CLI named {cli:?}, not {}", c.name, c.field));
+            wrong.push(format!(
+                "{}: the CLI named {cli:?}, not {}",
+                c.name, c.field
+            ));
         }
         let crd = crd_errors(&schema, &text);
         match c.crd {
@@ -162,7 +185,10 @@ fn every_invalid_manifest_is_refused_by_the_cli_and_where_it_can_by_the_crd() {
                 wrong.push(format!("{}: the CRD accepts it", c.name));
             }
             Crd::CannotTell if !crd.is_empty() => {
-                wrong.push(format!("{}: the CRD refuses it ({crd:?}): mark it Refuses", c.name));
+                wrong.push(format!(
+                    "{}: the CRD refuses it ({crd:?}): mark it Refuses",
+                    c.name
+                ));
             }
             _ => {}
         }

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 
 pub use status::*;
 pub use validate::{
-    validate, validate_metadata, validate_stack, ValidationError, ValidationErrors,
-    EMAIL_PATTERN, IMAGE_TAG_PATTERN, IMAGE_URI_PATTERN, LAMBDA_RESERVED_ENV,
-    LOG_RETENTION_DAYS, MAX_ENVIRONMENT_BYTES, MAX_NAME_LENGTH, MAX_SPEC_TAGS, MAX_TAGS, REGIONS,
-    RESERVED_ENV, TAG_CHARACTERS_PATTERN,
+    validate, validate_metadata, validate_stack, ValidationError, ValidationErrors, EMAIL_PATTERN,
+    IMAGE_TAG_PATTERN, IMAGE_URI_PATTERN, LAMBDA_RESERVED_ENV, LOG_RETENTION_DAYS,
+    MAX_ENVIRONMENT_BYTES, MAX_NAME_LENGTH, MAX_SPEC_TAGS, MAX_TAGS, REGIONS, RESERVED_ENV,
+    TAG_CHARACTERS_PATTERN,
 };
 
 pub const GROUP: &str = "tap.dev";
@@ -391,7 +391,21 @@ pub struct NotificationSettings {
     pub emails: Vec<String>,
 }
 
+/// Annotation that pauses a pipeline: with the value `"true"` the controller makes no AWS call for it (no
+/// reads, no corrections) and its status says `Paused`. Deleting a paused pipeline still tears its stack
+/// down per `deletionPolicy` (deleting is an explicit request; use `deletionPolicy: Retain` to keep it).
+pub const PAUSED_ANNOTATION: &str = "tap.dev/paused";
+
 impl TransactionPipeline {
+    /// Whether the [`PAUSED_ANNOTATION`] is `"true"`.
+    pub fn is_paused(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PAUSED_ANNOTATION))
+            .is_some_and(|v| v == "true")
+    }
+
     /// `namespace/name`, the value of the ownership tag `tap.dev/pipeline`.
     pub fn owner_key(&self) -> String {
         format!(

@@ -49,6 +49,8 @@ pub enum Phase {
     WaitingForImages,
     Deleting,
     Failed,
+    /// The `tap.dev/paused: "true"` annotation is set: no AWS call is made.
+    Paused,
 }
 
 impl Phase {
@@ -60,6 +62,7 @@ impl Phase {
             Phase::WaitingForImages => "WaitingForImages",
             Phase::Deleting => "Deleting",
             Phase::Failed => "Failed",
+            Phase::Paused => "Paused",
         }
     }
 }

@@ -224,10 +224,7 @@ fn check_tag(c: &mut Checker, field: &str, key: &str, value: &str) {
     c.check(
         (1..=128).contains(&key.chars().count()),
         field,
-        format!(
-            "key must be 1-128 characters (got {})",
-            key.chars().count()
-        ),
+        format!("key must be 1-128 characters (got {})", key.chars().count()),
     );
     c.check(
         re_match!(TAG_CHARACTERS_PATTERN, key),

@@ -47,8 +47,8 @@ async fn prepare(args: &ManifestArgs, verb: &'static str) -> anyhow::Result<Prep
         .load()
         .await;
     let progress = LiveProgress::new(verb);
-    let engine = Engine::new(sdk, args.concurrency, args.extra_tags.clone())
-        .with_progress(progress.clone());
+    let engine =
+        Engine::new(sdk, args.concurrency, args.extra_tags.clone()).with_progress(progress.clone());
     let aws = engine.aws(pipeline.spec.region.as_deref()).await?;
     let owner = pipeline.owner_key();
     let env = StackEnv {
@@ -105,7 +105,7 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
             Phase::Ready | Phase::Drifted => false,
             Phase::Provisioning => true,
             Phase::Failed => report.conflicts().is_empty() && report.only_transient_failures(),
-            Phase::WaitingForImages | Phase::Deleting => false,
+            Phase::WaitingForImages | Phase::Deleting | Phase::Paused => false,
         };
         if retry && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -193,7 +193,10 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
             .resources
             .iter()
             .filter(|r| !matches!(r.action, Action::NoChange));
-        write_table(&mut stdout, resources_table(changes, |r| planned(r, policy)))?;
+        write_table(
+            &mut stdout,
+            resources_table(changes, |r| planned(r, policy)),
+        )?;
         let count =
             |f: fn(&Action) -> bool| report.resources.iter().filter(|r| f(&r.action)).count();
         writeln!(
@@ -280,7 +283,12 @@ pub async fn destroy(args: &DestroyArgs) -> anyhow::Result<i32> {
     let doomed: Vec<_> = dry
         .resources
         .iter()
-        .filter(|r| matches!(r.action, Action::Delete | Action::Conflict(_) | Action::Fail(_)))
+        .filter(|r| {
+            matches!(
+                r.action,
+                Action::Delete | Action::Conflict(_) | Action::Fail(_)
+            )
+        })
         .collect();
     let deletes = doomed
         .iter()
@@ -313,7 +321,10 @@ pub async fn destroy(args: &DestroyArgs) -> anyhow::Result<i32> {
             },
             _ => planned(r, p.pipeline.spec.drift_policy),
         };
-        write_table(&mut listing, resources_table(doomed.iter().copied(), describe))?;
+        write_table(
+            &mut listing,
+            resources_table(doomed.iter().copied(), describe),
+        )?;
     }
     if let Some(err) = report_error(&dry) {
         return Err(err.context("destroy cannot see everything it would delete: nothing deleted"));

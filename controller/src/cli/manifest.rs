@@ -85,7 +85,11 @@ pub fn parse_manifest(text: &str, path: &str) -> Result<TransactionPipeline, Man
         (None, _) => ("apiVersion", "none".to_string()),
         (_, None) => ("kind", "none".to_string()),
         (Some(v), Some(k)) => (
-            if v == API_VERSION { "kind" } else { "apiVersion" },
+            if v == API_VERSION {
+                "kind"
+            } else {
+                "apiVersion"
+            },
             format!("{v} {k}"),
         ),
     };
@@ -101,19 +105,20 @@ pub fn parse_manifest(text: &str, path: &str) -> Result<TransactionPipeline, Man
 
     let mut unknown = Vec::new();
     let mut failed_at = None;
-    let pipeline = serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
-        let mut note = |field: serde_ignored::Path<'_>| {
-            let field = field.to_string();
-            if field != "apiVersion" && field != "kind" {
-                unknown.push(field);
-            }
-        };
-        let de = serde_ignored::Deserializer::new(de, &mut note);
-        serde_path_to_error::deserialize::<_, TransactionPipeline>(de).map_err(|e| {
-            failed_at = Some(e.path().to_string());
-            e.into_inner()
-        })
-    });
+    let pipeline =
+        serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
+            let mut note = |field: serde_ignored::Path<'_>| {
+                let field = field.to_string();
+                if field != "apiVersion" && field != "kind" {
+                    unknown.push(field);
+                }
+            };
+            let de = serde_ignored::Deserializer::new(de, &mut note);
+            serde_path_to_error::deserialize::<_, TransactionPipeline>(de).map_err(|e| {
+                failed_at = Some(e.path().to_string());
+                e.into_inner()
+            })
+        });
     let pipeline = match (pipeline, failed_at) {
         (Ok(pipeline), _) => pipeline,
         (Err(e), Some(field)) if field != "." => {
@@ -153,7 +158,12 @@ pub fn load_manifest(path: &Path) -> Result<TransactionPipeline, ManifestError> 
         .err()
         .map(|e| e.0)
         .unwrap_or_default();
-    errors.extend(validate(&pipeline.spec).err().map(|e| e.0).unwrap_or_default());
+    errors.extend(
+        validate(&pipeline.spec)
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default(),
+    );
     if !errors.is_empty() {
         return Err(ManifestError::Invalid {
             path: shown,
@@ -218,7 +228,10 @@ spec:
             .replace("tap.dev/v1alpha1", "apps/v1")
             .replace("TransactionPipeline", "Deployment");
         let err = refused(&yaml);
-        assert!(err.contains("apiVersion: this command takes a TransactionPipeline"), "{err}");
+        assert!(
+            err.contains("apiVersion: this command takes a TransactionPipeline"),
+            "{err}"
+        );
         assert!(err.contains("apps/v1 Deployment"), "{err}");
         let err = refused(&BASE.replace("kind: TransactionPipeline\n", ""));
         assert!(err.contains("m.yaml: kind:"), "{err}");

@@ -57,6 +57,23 @@ pub fn duplicate_suffix(
     status
 }
 
+/// The pipeline is paused: the last known state stays, Ready is False with reason `Paused`.
+pub fn paused(pipeline: &TransactionPipeline) -> TransactionPipelineStatus {
+    let mut status = pipeline.status.clone().unwrap_or_default();
+    status.observed_generation = pipeline.metadata.generation;
+    status.phase = Some(Phase::Paused);
+    status.set_condition(
+        ConditionType::Ready,
+        false,
+        "Paused",
+        &format!(
+            "annotation {}: \"true\": the controller makes no AWS call for this pipeline",
+            crate::api::PAUSED_ANNOTATION
+        ),
+    );
+    status
+}
+
 /// Teardown has started.
 pub fn deleting(pipeline: &TransactionPipeline) -> TransactionPipelineStatus {
     let mut status = pipeline.status.clone().unwrap_or_default();

@@ -201,6 +201,41 @@ async fn an_invalid_spec_fails_with_the_field_and_no_aws_call() {
 }
 
 #[tokio::test]
+async fn a_paused_pipeline_makes_no_aws_call_and_says_paused() {
+    let sentinel = AwsSentinel::start().await;
+    let (client, mut server) = mock_client();
+    let metrics = Metrics::new();
+    let ctx = context(client, Arc::new(sentinel.engine(&metrics)), metrics);
+    let mut p = finalized(pipeline("test", "dev1", 60));
+    p.metadata.annotations = Some(
+        [(
+            crate::api::PAUSED_ANNOTATION.to_string(),
+            "true".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    let task = spawn_reconcile(p.clone(), ctx.clone());
+
+    let status = server.expect("PATCH", &status_uri("test")).await;
+    let s = status.body["status"].clone();
+    assert_eq!(s["phase"], "Paused");
+    let ready = condition(&s, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "Paused");
+    status.applied(&p);
+    let event = server.expect_event().await;
+    assert_eq!(event["reason"], "PhaseChanged");
+    let action = finish(task).await.expect("a paused pipeline is handled");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        sentinel.connections(),
+        0,
+        "a paused pipeline must not reach AWS"
+    );
+}
+
+#[tokio::test]
 async fn a_duplicate_suffix_is_a_conflict_and_touches_nothing() {
     let sentinel = AwsSentinel::start().await;
     let (client, mut server) = mock_client();
