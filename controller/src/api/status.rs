@@ -19,7 +19,7 @@ pub struct TransactionPipelineStatus {
     // Absent until the first reconcile, never null: the schema lists the phases only.
     #[schemars(with = "Phase")]
     pub phase: Option<Phase>,
-    /// `Ready`, `Drifted`, `Degraded` and, when another pipeline owns the suffix, `Conflict`: at most one
+    /// `Ready`, `Synced`, `Drifted`, `Degraded` and, when another pipeline owns the suffix, `Conflict`: at most one
     /// of each type.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -183,6 +183,9 @@ pub enum ConditionType {
     Degraded,
     /// Another, older pipeline uses the same `environmentSuffix`.
     Conflict,
+    /// The controller's last attempt to read and converge the stack went through (Crossplane's `Synced`,
+    /// ACK's `ResourceSynced`): `False` when AWS or the spec stopped it, `Unknown` while paused.
+    Synced,
 }
 
 impl ConditionType {
@@ -192,6 +195,7 @@ impl ConditionType {
             ConditionType::Drifted => "Drifted",
             ConditionType::Degraded => "Degraded",
             ConditionType::Conflict => "Conflict",
+            ConditionType::Synced => "Synced",
         }
     }
 }

@@ -130,6 +130,7 @@ async fn status_is_server_side_applied_with_conditions_and_events_are_published(
     assert_eq!(condition(&body["status"], "Ready")["status"], "True");
     assert_eq!(condition(&body["status"], "Drifted")["status"], "False");
     assert_eq!(condition(&body["status"], "Degraded")["status"], "False");
+    assert_eq!(condition(&body["status"], "Synced")["status"], "True");
     status.applied(&p);
 
     let phase = server.expect_event().await;
@@ -174,6 +175,9 @@ async fn an_invalid_spec_fails_with_the_field_and_no_aws_call() {
     let ready = condition(&s, "Ready");
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "InvalidSpec");
+    assert_eq!(condition(&s, "Synced")["status"], "False");
+    // Drift is not known when AWS was not read: Unknown, not False.
+    assert_eq!(condition(&s, "Drifted")["status"], "Unknown");
     assert!(
         ready["message"]
             .as_str()
@@ -223,6 +227,7 @@ async fn a_paused_pipeline_makes_no_aws_call_and_says_paused() {
     let ready = condition(&s, "Ready");
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "Paused");
+    assert_eq!(condition(&s, "Synced")["status"], "Unknown");
     status.applied(&p);
     let event = server.expect_event().await;
     assert_eq!(event["reason"], "PhaseChanged");
