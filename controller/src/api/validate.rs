@@ -529,25 +529,15 @@ pub fn validate_stack(
             ),
         );
         for (key, value) in &resource.tags {
-            let field = if key == desired::OWNER_TAG {
-                "metadata.name".to_string()
-            } else if spec.tags.contains_key(key) || key == desired::SUFFIX_TAG {
-                // Checked by `validate`.
+            // spec.tags and the suffix are checked by `validate`; the owner tag is bounded to 256
+            // characters by `names::owner_tag`.
+            if key == desired::OWNER_TAG
+                || key == desired::SUFFIX_TAG
+                || spec.tags.contains_key(key)
+            {
                 continue;
-            } else {
-                format!("--extra-tags {key}")
-            };
-            let mut tag = Checker::default();
-            if key == desired::OWNER_TAG {
-                tag.check(
-                    value.chars().count() <= 256,
-                    &field,
-                    format!("namespace/name is the value of the {key} tag: at most 256 characters (got {})", value.chars().count()),
-                );
-            } else {
-                check_tag(&mut tag, &field, key, value);
             }
-            c.0.extend(tag.0);
+            check_tag(&mut c, &format!("--extra-tags {key}"), key, value);
         }
     }
     c.0.dedup();
