@@ -10,7 +10,7 @@
 # which the C parts of aws-lc-sys and ring need. The final image is distroless static (CA
 # certificates, /etc/passwd with the nonroot user, nothing else) running as 65532.
 
-ARG RUST_VERSION=1.94
+ARG RUST_VERSION=1.95
 
 FROM --platform=$BUILDPLATFORM rust:${RUST_VERSION}-bookworm AS builder
 ARG TARGETARCH

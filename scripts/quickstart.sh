@@ -40,4 +40,4 @@ echo "== plan: a converged stack has nothing to do (exit 0)"
 "$bin" plan -f examples/pipeline.yaml
 
 echo "== destroy"
-"$bin" destroy -f examples/pipeline.yaml
+"$bin" destroy -f examples/pipeline.yaml --auto-approve

@@ -1,5 +1,4 @@
-use clap::Parser;
-use tap_controller::cli::{self, Cli, Command, LogArgs, LogFormat};
+use tap_controller::cli::{self, Command, LogArgs, LogFormat};
 
 fn init_tracing(args: &LogArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
@@ -14,10 +13,14 @@ fn init_tracing(args: &LogArgs) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     // kube and the AWS SDK may both enable a rustls provider; pick one for the whole process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = Cli::parse();
+    // Usage errors exit 1 (not clap's 2: that is `plan`'s "changes"); --help and --version 0.
+    let cli = match cli::parse_args() {
+        Ok(cli) => cli,
+        Err(code) => std::process::exit(code),
+    };
     let code = match cli.command {
         Command::Crd => {
             print!("{}", cli::crd_yaml());
@@ -62,15 +65,9 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Apply(args) => cli::apply(&args).await?,
-        Command::Plan(args) => match cli::plan(&args).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                cli::EXIT_ERROR
-            }
-        },
-        Command::Destroy(args) => cli::destroy(&args).await?,
+        Command::Apply(args) => cli::exit_code(cli::apply(&args)).await,
+        Command::Plan(args) => cli::exit_code(cli::plan(&args)).await,
+        Command::Destroy(args) => cli::exit_code(cli::destroy(&args)).await,
     };
     std::process::exit(code);
 }

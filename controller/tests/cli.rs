@@ -33,6 +33,7 @@ fn run(emu: &Emulator, args: &[&str]) -> (i32, String, String) {
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env_remove("AWS_PROFILE")
+        .stdin(std::process::Stdio::null())
         .output()
         .expect("tap-controller runs");
     (
@@ -89,9 +90,26 @@ async fn plan_apply_drift_and_destroy_with_exit_codes() {
     push_images(&emu, "cli1").await;
     let (code, out, err) = run(&emu, &["apply", "-f", file]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("phase: Ready"), "{out}");
     assert!(
-        out.contains("phase: Ready") && out.contains("transactionsTable: tap-cli1-transactions"),
-        "{out}"
+        out.lines()
+            .any(|l| l.trim_start().starts_with("transactionsTable")
+                && l.trim_end().ends_with(" tap-cli1-transactions")),
+        "an aligned outputs table: {out}"
+    );
+    // Progress on stderr (not a terminal: plain lines), each resource as it starts and as it ends with
+    // its elapsed time.
+    assert!(
+        err.contains("  Function tap-cli1-csv-validator: applying…"),
+        "a line as it starts: {err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("~ Function tap-cli1-csv-validator:")
+                || l.starts_with("+ Function tap-cli1-csv-validator:")
+                || l.starts_with("= Function tap-cli1-csv-validator:"))
+            && err.contains("s]"),
+        "a line as it ends, with its elapsed time: {err}"
     );
 
     // Converged: plan exits 0.
@@ -129,8 +147,23 @@ async fn plan_apply_drift_and_destroy_with_exit_codes() {
     assert_eq!(status["phase"], "Ready");
     assert_eq!(status["resources"].as_array().unwrap().len(), 30);
 
-    // destroy: everything goes; a plan afterwards wants to create it all again.
+    // destroy without a terminal and without --auto-approve: lists what would go, deletes nothing.
     let (code, out, err) = run(&emu, &["destroy", "-f", file]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("destroy will delete:"), "{out}");
+    assert!(
+        out.contains("object versions"),
+        "the bucket's object count: {out}"
+    );
+    assert!(
+        err.contains("stdin is not a terminal") && err.contains("--auto-approve"),
+        "{err}"
+    );
+    let (code, out, _) = run(&emu, &["plan", "-f", bigger.to_str().unwrap()]);
+    assert_eq!(code, 0, "nothing deleted: {out}");
+
+    // destroy: everything goes; a plan afterwards wants to create it all again.
+    let (code, out, err) = run(&emu, &["destroy", "-f", file, "--auto-approve"]);
     assert_eq!(code, 0, "{out}{err}");
     // The 30 resources and the stack's control table (it held the bucket's create intent).
     assert!(out.contains("destroy: 31 of 31 resources gone"), "{out}");
@@ -168,4 +201,86 @@ async fn bad_input_is_a_clear_error_and_touches_nothing() {
     let (code, _, err) = run(&emu, &["plan", "-f", missing.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("missing.yaml"), "{err}");
+}
+
+/// The binary with an AWS endpoint nothing listens on: whatever it refuses, it refused without AWS.
+fn run_offline(args: &[&str]) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(BIN)
+        .args(args)
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env_remove("AWS_PROFILE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("tap-controller runs");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into(),
+        String::from_utf8_lossy(&stderr).into(),
+    )
+}
+
+#[test]
+fn unknown_fields_other_kinds_and_yaml_1_1_booleans_are_refused_before_aws() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(manifest(&dir, "cli3", 512)).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let typo = write("typo.yaml", base.replace("memoryMb: 512", "memoryMB: 2048"));
+    let deployment = write(
+        "deploy.yaml",
+        base.replace("tap.dev/v1alpha1", "apps/v1")
+            .replace("TransactionPipeline", "Deployment"),
+    );
+    let off = write(
+        "off.yaml",
+        format!("{base}  stateMachine: {{logLevel: OFF}}\n"),
+    );
+    for command in ["plan", "apply", "destroy"] {
+        let (code, out, err) = run_offline(&[command, "-f", &typo]);
+        assert_eq!(code, 1, "{command}: {out}{err}");
+        assert!(
+            err.contains("unknown field spec.functions.csvValidator.memoryMB"),
+            "{command}: {err}"
+        );
+        let (code, _, err) = run_offline(&[command, "-f", &deployment]);
+        assert_eq!(code, 1, "{command}: {err}");
+        assert!(err.contains("apps/v1 Deployment"), "{command}: {err}");
+        let (code, _, err) = run_offline(&[command, "-f", &off]);
+        assert_eq!(code, 1, "{command}: {err}");
+        assert!(
+            err.contains("spec.stateMachine.logLevel") && err.contains("quote it"),
+            "{command}: {err}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_1_and_help_documents_the_exit_codes() {
+    // clap's default for a usage error is 2, which `plan` means as "changes".
+    let (code, _, err) = run_offline(&["plan", "--no-such-flag"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = run_offline(&["plan"]);
+    assert_eq!(code, 1, "a missing -f: {err}");
+    let (code, _, err) = run_offline(&["frobnicate"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, out, _) = run_offline(&["plan", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("2  changes to make") && out.contains("1  an error"),
+        "{out}"
+    );
+    let (code, out, _) = run_offline(&["destroy", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--auto-approve"), "{out}");
 }

@@ -42,7 +42,7 @@ fn undocumented(schema: &Value, path: &str, out: &mut Vec<String>) {
 
 #[test]
 fn every_spec_and_status_field_has_a_description() {
-    let crd: Value = serde_yaml::from_str(&crd_yaml()).unwrap();
+    let crd: Value = serde_saphyr::from_str(&crd_yaml()).unwrap();
     let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
     let mut missing = Vec::new();
     undocumented(&schema["properties"]["spec"], "spec", &mut missing);
@@ -55,7 +55,7 @@ fn every_spec_and_status_field_has_a_description() {
 
 #[test]
 fn api_contract_names_and_printer_columns() {
-    let crd: Value = serde_yaml::from_str(&crd_yaml()).unwrap();
+    let crd: Value = serde_saphyr::from_str(&crd_yaml()).unwrap();
     assert_eq!(crd["spec"]["group"], "tap.dev");
     assert_eq!(crd["spec"]["names"]["plural"], "transactionpipelines");
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "txp");
@@ -76,6 +76,42 @@ fn api_contract_names_and_printer_columns() {
         columns,
         ["Suffix", "Phase", "Ready", "Drift", "Endpoint", "Age"]
     );
+    // ENDPOINT only with `-o wide`.
+    let priority = |name: &str| {
+        version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .get("priority")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    assert_eq!(priority("Endpoint"), 1);
+    assert_eq!(priority("Phase"), 0);
+    let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"];
+    let conditions = &status["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map", "{conditions}");
+    assert_eq!(
+        conditions["x-kubernetes-list-map-keys"],
+        serde_json::json!(["type"])
+    );
+    // kubectl explain: the root and status say what they are, and the phase lists no null.
+    let root = &version["schema"]["openAPIV3Schema"];
+    assert!(
+        !root["description"]
+            .as_str()
+            .unwrap()
+            .contains("Auto-generated"),
+        "{}",
+        root["description"]
+    );
+    assert!(status["description"]
+        .as_str()
+        .is_some_and(|d| !d.is_empty()));
+    let phases = status["properties"]["phase"]["enum"].as_array().unwrap();
+    assert!(!phases.iter().any(Value::is_null), "{phases:?}");
     let suffix = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
         ["environmentSuffix"];
     assert_eq!(suffix["pattern"], "^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$");
@@ -95,11 +131,11 @@ fn enum_values_stay_strings_for_yaml_1_1_readers() {
     // kubectl reads YAML 1.1, where an unquoted OFF is the boolean false.
     let yaml = crd_yaml();
     assert!(
-        yaml.contains("- 'OFF'"),
+        yaml.contains("- 'OFF'") || yaml.contains("- \"OFF\""),
         "the logLevel enum's OFF must be quoted"
     );
     assert!(!yaml.lines().any(|l| l.trim() == "- OFF"));
-    let crd: Value = serde_yaml::from_str(&yaml).unwrap();
+    let crd: Value = serde_saphyr::from_str(&yaml).unwrap();
     let level = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
         ["properties"]["stateMachine"]["properties"]["logLevel"];
     assert_eq!(

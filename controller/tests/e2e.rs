@@ -421,7 +421,7 @@ fn read_example(path: &Path) -> Result<Example> {
         )
     })?;
     let doc: Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     if doc["kind"] != "TransactionPipeline" {
         bail!("{} is not a TransactionPipeline", path.display());
     }

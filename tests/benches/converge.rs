@@ -14,7 +14,7 @@ use tap_controller::engine::{DriftMemory, Engine, Mode, Pipeline, Report};
 use tap_tests::{fake_image_manifest, peak_rss_mib, Emulator};
 
 fn spec(suffix: &str) -> TransactionPipelineSpec {
-    serde_yaml::from_str(&format!(
+    serde_saphyr::from_str(&format!(
         "environmentSuffix: {suffix}\nfunctions:\n  csvValidator: {{image: {{tag: v1}}}}\n  dataTransformer: {{image: {{tag: v1}}}}\n  notificationSender: {{image: {{tag: v1}}}}\n"
     ))
     .unwrap()

@@ -29,7 +29,7 @@ notifications: {emails: [ops@example.com]}
 
 /// The stack of `spec` (YAML) in account 123456789012, us-east-1, without an emulator.
 pub fn offline_stack(spec: &str) -> Stack {
-    let spec: TransactionPipelineSpec = serde_yaml::from_str(spec).expect("the spec parses");
+    let spec: TransactionPipelineSpec = serde_saphyr::from_str(spec).expect("the spec parses");
     build_stack(
         &spec,
         &StackEnv {
@@ -90,7 +90,7 @@ impl TestStack {
     pub async fn start(spec: &str) -> anyhow::Result<Self> {
         let emu = Emulator::start().await?;
         let aws = Aws::connect(&emu.sdk_config()).await?;
-        let spec: TransactionPipelineSpec = serde_yaml::from_str(spec)?;
+        let spec: TransactionPipelineSpec = serde_saphyr::from_str(spec)?;
         let stack = build_stack(
             &spec,
             &StackEnv {

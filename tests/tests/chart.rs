@@ -112,9 +112,9 @@ fn render(values: Value) -> Rendered {
             notes = body;
             continue;
         }
-        for doc in serde_yaml::Deserializer::from_str(&body) {
-            let value: Value = serde::Deserialize::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}\n{body}"));
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&body)
+            .unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}\n{body}"));
+        for value in docs {
             if !value.is_null() {
                 objects.push(value);
             }
@@ -729,7 +729,7 @@ fn chart_crd_is_the_generated_crd() {
         "charts/crds/transactionpipeline.yaml differs from crds/transactionpipeline.yaml: \
          run `cp crds/transactionpipeline.yaml charts/crds/transactionpipeline.yaml`"
     );
-    let crd: Value = serde_yaml::from_str(&generated_text).expect("CRD is YAML");
+    let crd: Value = serde_saphyr::from_str(&generated_text).expect("CRD is YAML");
     assert_eq!(crd["kind"], "CustomResourceDefinition");
     assert_eq!(crd["metadata"]["name"], "transactionpipelines.tap.dev");
     assert_eq!(crd["spec"]["group"], "tap.dev");

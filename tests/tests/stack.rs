@@ -15,7 +15,7 @@ use tap_tests::{Emulator, EmulatorKind};
 const OWNER: &str = "default/payments-dev";
 
 fn spec(suffix: &str) -> TransactionPipelineSpec {
-    serde_yaml::from_str(&format!(
+    serde_saphyr::from_str(&format!(
         r#"
 environmentSuffix: {suffix}
 tags: {{team: payments}}

@@ -11,7 +11,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use status::*;
-pub use validate::{validate, ValidationError, ValidationErrors, LOG_RETENTION_DAYS, RESERVED_ENV};
+pub use validate::{
+    validate, validate_metadata, validate_stack, ValidationError, ValidationErrors, EMAIL_PATTERN,
+    IMAGE_TAG_PATTERN, IMAGE_URI_PATTERN, LAMBDA_RESERVED_ENV, LOG_RETENTION_DAYS,
+    MAX_ENVIRONMENT_BYTES, MAX_NAME_LENGTH, MAX_SPEC_TAGS, MAX_TAGS, REGIONS, RESERVED_ENV,
+    TAG_CHARACTERS_PATTERN,
+};
 
 pub const GROUP: &str = "tap.dev";
 pub const FINALIZER: &str = "tap.dev/cleanup";
@@ -19,6 +24,8 @@ pub const FINALIZER: &str = "tap.dev/cleanup";
 /// Desired state of one environment's transaction-processing stack on AWS.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
+    doc = "A serverless transaction-processing stack on AWS (S3, DynamoDB, ECR, Lambda, IAM, Step Functions, API Gateway, SNS, SQS, CloudWatch) that the controller creates, keeps as declared and tears down with this resource.",
+    validation = Rule::new("size(self.metadata.name) <= 245").message("metadata.name must be at most 245 characters (the Secret <name>-api-key must fit Kubernetes' 253)"),
     group = "tap.dev",
     version = "v1alpha1",
     kind = "TransactionPipeline",
@@ -30,7 +37,7 @@ pub const FINALIZER: &str = "tap.dev/cleanup";
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Drift","type":"integer","jsonPath":".status.driftCount"}"#,
-    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.outputs.apiEndpoint"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.outputs.apiEndpoint","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -44,8 +51,10 @@ pub struct TransactionPipelineSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("environmentSuffix is immutable"))]
     pub environment_suffix: String,
 
-    /// AWS region of the stack. Default: the controller's region.
+    /// AWS region of the stack, e.g. `eu-west-1` (one of the regions the AWS SDK knows). Default: the
+    /// controller's region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = REGIONS))]
     pub region: Option<String>,
 
     /// What deleting this resource does in AWS: `Delete` tears the whole stack down (the bucket is
@@ -57,8 +66,15 @@ pub struct TransactionPipelineSpec {
     #[serde(default)]
     pub drift_policy: DriftPolicy,
 
-    /// Tags added to every AWS resource of the stack (keys under `tap.dev/` are reserved).
+    /// Tags added to every AWS resource of the stack: at most 48 (AWS allows 50 per resource; the
+    /// controller adds `tap.dev/pipeline` and `tap.dev/suffix`), keys of 1 to 128 and values of at most
+    /// 256 characters, letters, digits, spaces and `_ . : / = + - @` only; keys under `aws:` and
+    /// `tap.dev/` are reserved.
     #[serde(default)]
+    #[schemars(schema_with = "tags_schema")]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) >= 1 && size(k) <= 128)").message("tag keys must be 1 to 128 characters"))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('aws:') && !k.startsWith('tap.dev/'))").message("tag keys under aws: and tap.dev/ are reserved"))]
+    #[x_kube(validation = Rule::new(r"self.all(k, k.matches(r'^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$'))").message("tag keys may hold only letters, digits, spaces and _ . : / = + - @"))]
     pub tags: BTreeMap<String, String>,
 
     /// The three container-image Lambda functions (arm64).
@@ -83,7 +99,30 @@ pub struct TransactionPipelineSpec {
     /// Retention of every CloudWatch log group of the stack, in days (a value CloudWatch Logs accepts:
     /// 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653).
     #[serde(default = "default_log_retention_days")]
+    #[schemars(extend("enum" = LOG_RETENTION_DAYS))]
     pub log_retention_days: i32,
+}
+
+/// `spec.tags`: a bounded map (the API server refuses more than AWS accepts).
+fn tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": MAX_SPEC_TAGS,
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": 256,
+            "pattern": TAG_CHARACTERS_PATTERN,
+        },
+    })
+}
+
+/// A function's `environment`: bounded like Lambda's (4 KB in total).
+fn environment_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 500,
+        "additionalProperties": {"type": "string", "maxLength": MAX_ENVIRONMENT_BYTES},
+    })
 }
 
 fn default_log_retention_days() -> i32 {
@@ -117,7 +156,7 @@ pub struct Functions {
 }
 
 /// One container-image Lambda function.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionSettings {
     /// The container image (arm64).
@@ -130,9 +169,13 @@ pub struct FunctionSettings {
     #[serde(default = "default_timeout_seconds")]
     #[schemars(range(min = 1, max = 900))]
     pub timeout_seconds: i32,
-    /// Extra environment variables (the controller also sets the names of the tables, bucket, topic and
-    /// state machine; those keys are reserved).
+    /// Extra environment variables, at most 4 KB in total with the ones the controller sets (the names of
+    /// the tables, bucket, topic, state machine and queue: those keys are reserved, and so are the keys
+    /// Lambda sets: `AWS_*`, `_HANDLER`, `_X_AMZN_TRACE_ID`, `LAMBDA_TASK_ROOT`, `LAMBDA_RUNTIME_DIR`,
+    /// `TZ`). Keys: a letter, then letters, digits and `_`.
     #[serde(default)]
+    #[schemars(schema_with = "environment_schema")]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('AWS_') && !(k in ['_HANDLER', '_X_AMZN_TRACE_ID', 'LAMBDA_TASK_ROOT', 'LAMBDA_RUNTIME_DIR', 'TZ', 'TRANSACTIONS_TABLE', 'STATUS_TABLE', 'BUCKET_NAME', 'TOPIC_ARN', 'STATE_MACHINE_ARN', 'DLQ_URL']))").message("environment keys starting with AWS_, the ones Lambda sets and the ones the controller sets are reserved"))]
     pub environment: BTreeMap<String, String>,
 }
 
@@ -143,15 +186,22 @@ fn default_timeout_seconds() -> i32 {
     30
 }
 
-/// Which image a function runs: a tag in the stack's own ECR repository, or a full image URI.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Which image a function runs: a tag in the stack's own ECR repository, or a full image URI (exactly
+/// one of the two).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.tag) != has(self.uri)").message("set exactly one of tag or uri"))]
 pub struct ImageRef {
-    /// A tag in the stack's own repository `tap-<suffix>-<function>`.
+    /// A tag in the stack's own repository `tap-<suffix>-<function>`: 1 to 128 letters, digits, `_`,
+    /// `.` and `-`, not starting with `.` or `-`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = IMAGE_TAG_PATTERN))]
     pub tag: Option<String>,
-    /// A full image URI (`<account>.dkr.ecr.<region>.amazonaws.com/<repo>:<tag>` or `@sha256:…`).
+    /// A full ECR image URI in the stack's own account and region
+    /// (`<account>.dkr.ecr.<region>.amazonaws.com/<repo>:<tag>` or `…/<repo>@sha256:<digest>`): Lambda runs
+    /// no image from another registry or region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = IMAGE_URI_PATTERN), length(max = 1024))]
     pub uri: Option<String>,
 }
 
@@ -301,8 +351,9 @@ impl QuotaPeriod {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.periodSeconds * self.evaluationPeriods <= 86400").message("periodSeconds × evaluationPeriods must be at most 86400 (one day)"))]
 pub struct AlarmSettings {
     /// Lambda `Errors` (sum per period) at or above which a function's alarm fires, >= 1.
     #[schemars(range(min = 1))]
@@ -314,6 +365,8 @@ pub struct AlarmSettings {
     #[schemars(range(min = 1, max = 100))]
     pub evaluation_periods: i32,
     /// Period in seconds: 10, 30 or a multiple of 60.
+    #[schemars(range(min = 10, max = 86400))]
+    #[x_kube(validation = Rule::new("self == 10 || self == 30 || self % 60 == 0").message("periodSeconds must be 10, 30 or a multiple of 60"))]
     pub period_seconds: i32,
 }
 
@@ -331,12 +384,28 @@ impl Default for AlarmSettings {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationSettings {
-    /// E-mail addresses subscribed to the notification topic (each confirms by e-mail).
+    /// E-mail addresses subscribed to the notification topic (each confirms by e-mail): `local@domain`,
+    /// at most 254 characters, without spaces, quotes, angle brackets or consecutive dots.
     #[serde(default)]
+    #[schemars(length(max = 100), inner(regex(pattern = EMAIL_PATTERN), length(max = 254)))]
     pub emails: Vec<String>,
 }
 
+/// Annotation that pauses a pipeline: with the value `"true"` the controller makes no AWS call for it (no
+/// reads, no corrections) and its status says `Paused`. Deleting a paused pipeline still tears its stack
+/// down per `deletionPolicy` (deleting is an explicit request; use `deletionPolicy: Retain` to keep it).
+pub const PAUSED_ANNOTATION: &str = "tap.dev/paused";
+
 impl TransactionPipeline {
+    /// Whether the [`PAUSED_ANNOTATION`] is `"true"`.
+    pub fn is_paused(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PAUSED_ANNOTATION))
+            .is_some_and(|v| v == "true")
+    }
+
     /// `namespace/name`, the value of the ownership tag `tap.dev/pipeline`.
     pub fn owner_key(&self) -> String {
         format!(

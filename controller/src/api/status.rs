@@ -6,6 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// What the controller last saw of the stack in AWS: phase, conditions, one entry per resource, drifted
+/// fields and the outputs clients need. Written by the controller only.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TransactionPipelineStatus {
@@ -14,9 +16,13 @@ pub struct TransactionPipelineStatus {
     pub observed_generation: Option<i64>,
     /// Overall phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Absent until the first reconcile, never null: the schema lists the phases only.
+    #[schemars(with = "Phase")]
     pub phase: Option<Phase>,
-    /// `Ready`, `Drifted`, `Degraded` and, when another pipeline owns the suffix, `Conflict`.
+    /// `Ready`, `Synced`, `Drifted`, `Degraded` and, when another pipeline owns the suffix, `Conflict`: at most one
+    /// of each type.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// One entry per AWS resource of the stack.
     #[serde(default)]
@@ -43,6 +49,8 @@ pub enum Phase {
     WaitingForImages,
     Deleting,
     Failed,
+    /// The `tap.dev/paused: "true"` annotation is set: no AWS call is made.
+    Paused,
 }
 
 impl Phase {
@@ -54,6 +62,7 @@ impl Phase {
             Phase::WaitingForImages => "WaitingForImages",
             Phase::Deleting => "Deleting",
             Phase::Failed => "Failed",
+            Phase::Paused => "Paused",
         }
     }
 }
@@ -174,6 +183,9 @@ pub enum ConditionType {
     Degraded,
     /// Another, older pipeline uses the same `environmentSuffix`.
     Conflict,
+    /// The controller's last attempt to read and converge the stack went through (Crossplane's `Synced`,
+    /// ACK's `ResourceSynced`): `False` when AWS or the spec stopped it, `Unknown` while paused.
+    Synced,
 }
 
 impl ConditionType {
@@ -183,6 +195,7 @@ impl ConditionType {
             ConditionType::Drifted => "Drifted",
             ConditionType::Degraded => "Degraded",
             ConditionType::Conflict => "Conflict",
+            ConditionType::Synced => "Synced",
         }
     }
 }

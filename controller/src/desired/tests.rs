@@ -10,7 +10,7 @@ use crate::api::{validate, TransactionPipelineSpec};
 
 const LONGEST_SUFFIX: &str = "abcdefghij-klmnopq9"; // 19 chars + see below
 fn spec(suffix: &str) -> TransactionPipelineSpec {
-    serde_yaml::from_str(&format!(
+    serde_saphyr::from_str(&format!(
         r#"
 environmentSuffix: {suffix}
 tags: {{team: payments}}

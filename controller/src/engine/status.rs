@@ -62,6 +62,27 @@ impl Report {
         status.set_condition(ConditionType::Drifted, drifted, reason, &message);
         let (degraded, reason, message) = self.degraded();
         status.set_condition(ConditionType::Degraded, degraded, reason, &message);
+        let failures = self.failures();
+        match failures.first() {
+            None => status.set_condition(
+                ConditionType::Synced,
+                true,
+                "Synced",
+                "the last walk reached every resource",
+            ),
+            Some(first) => status.set_condition(
+                ConditionType::Synced,
+                false,
+                "SyncFailed",
+                &format!(
+                    "{} of {} resources failed; {}: {}",
+                    failures.len(),
+                    self.resources.len(),
+                    first.id,
+                    first.message()
+                ),
+            ),
+        }
         status
     }
 

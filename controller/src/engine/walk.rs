@@ -166,7 +166,7 @@ mod tests {
     use crate::drivers::FieldDiff;
 
     fn stack() -> Stack {
-        let spec = serde_yaml::from_str(
+        let spec = serde_saphyr::from_str(
             "environmentSuffix: t1\nfunctions:\n  csvValidator: {image: {tag: v1}}\n  dataTransformer: {image: {tag: v1}}\n  notificationSender: {image: {tag: v1}}\n",
         )
         .unwrap();

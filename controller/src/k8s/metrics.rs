@@ -43,13 +43,14 @@ struct PhaseLabel {
     phase: String,
 }
 
-const PHASES: [Phase; 6] = [
+const PHASES: [Phase; 7] = [
     Phase::Provisioning,
     Phase::Ready,
     Phase::Drifted,
     Phase::WaitingForImages,
     Phase::Deleting,
     Phase::Failed,
+    Phase::Paused,
 ];
 
 /// Observes a reconcile's duration when dropped.

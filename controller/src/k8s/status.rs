@@ -6,7 +6,9 @@ use kube::Resource;
 use serde_json::json;
 
 use super::FIELD_MANAGER;
-use crate::api::{ConditionType, Phase, TransactionPipeline, TransactionPipelineStatus};
+use crate::api::{
+    ConditionStatus, ConditionType, Phase, TransactionPipeline, TransactionPipelineStatus,
+};
 
 /// Server-side apply of the status subresource under the field manager `tap-controller`.
 pub async fn patch_status(
@@ -41,8 +43,15 @@ pub fn problem(
     status.phase = Some(phase);
     status.set_condition(ConditionType::Ready, false, reason, message);
     status.set_condition(ConditionType::Degraded, true, reason, message);
+    status.set_condition(ConditionType::Synced, false, reason, message);
     if status.condition(ConditionType::Drifted).is_none() {
-        status.set_condition(ConditionType::Drifted, false, "Unknown", "AWS was not read");
+        // Not known, not False: AWS was not read.
+        status.set_condition(
+            ConditionType::Drifted,
+            ConditionStatus::Unknown,
+            "NotRead",
+            "AWS was not read",
+        );
     }
     status
 }
@@ -54,6 +63,29 @@ pub fn duplicate_suffix(
 ) -> TransactionPipelineStatus {
     let mut status = problem(pipeline, Phase::Failed, "DuplicateSuffix", message);
     status.set_condition(ConditionType::Conflict, true, "DuplicateSuffix", message);
+    status
+}
+
+/// The pipeline is paused: the last known state stays, Ready is False with reason `Paused`.
+pub fn paused(pipeline: &TransactionPipeline) -> TransactionPipelineStatus {
+    let mut status = pipeline.status.clone().unwrap_or_default();
+    status.observed_generation = pipeline.metadata.generation;
+    status.phase = Some(Phase::Paused);
+    status.set_condition(
+        ConditionType::Synced,
+        ConditionStatus::Unknown,
+        "Paused",
+        "paused: AWS is not read",
+    );
+    status.set_condition(
+        ConditionType::Ready,
+        false,
+        "Paused",
+        &format!(
+            "annotation {}: \"true\": the controller makes no AWS call for this pipeline",
+            crate::api::PAUSED_ANNOTATION
+        ),
+    );
     status
 }
 

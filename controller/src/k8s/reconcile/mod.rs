@@ -150,6 +150,23 @@ async fn commit(
 async fn apply(p: &TransactionPipeline, ctx: &Context) -> Outcome {
     let owner = p.owner_key();
 
+    // Paused: no AWS call at all; the annotation's removal is a change the watch brings back.
+    if p.is_paused() {
+        tracing::info!(pipeline = %owner, "paused: no AWS call");
+        return Outcome {
+            status: Some(status::paused(p)),
+            phase: Some(Phase::Paused),
+            events: events::phase_changed(
+                previous_phase(p),
+                Phase::Paused,
+                "annotation tap.dev/paused is \"true\"",
+            )
+            .into_iter()
+            .collect(),
+            ..Outcome::requeue(Action::await_change())
+        };
+    }
+
     // Another, older pipeline owns this suffix: touch nothing in AWS.
     if let Some(other) = ctx.suffixes.older_with_same_suffix(p) {
         let message = format!(

@@ -130,6 +130,7 @@ async fn status_is_server_side_applied_with_conditions_and_events_are_published(
     assert_eq!(condition(&body["status"], "Ready")["status"], "True");
     assert_eq!(condition(&body["status"], "Drifted")["status"], "False");
     assert_eq!(condition(&body["status"], "Degraded")["status"], "False");
+    assert_eq!(condition(&body["status"], "Synced")["status"], "True");
     status.applied(&p);
 
     let phase = server.expect_event().await;
@@ -174,6 +175,9 @@ async fn an_invalid_spec_fails_with_the_field_and_no_aws_call() {
     let ready = condition(&s, "Ready");
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "InvalidSpec");
+    assert_eq!(condition(&s, "Synced")["status"], "False");
+    // Drift is not known when AWS was not read: Unknown, not False.
+    assert_eq!(condition(&s, "Drifted")["status"], "Unknown");
     assert!(
         ready["message"]
             .as_str()
@@ -198,6 +202,42 @@ async fn an_invalid_spec_fails_with_the_field_and_no_aws_call() {
         .metrics
         .encode()
         .contains("tap_reconcile_errors_total{kind=\"invalid_spec\"} 1"));
+}
+
+#[tokio::test]
+async fn a_paused_pipeline_makes_no_aws_call_and_says_paused() {
+    let sentinel = AwsSentinel::start().await;
+    let (client, mut server) = mock_client();
+    let metrics = Metrics::new();
+    let ctx = context(client, Arc::new(sentinel.engine(&metrics)), metrics);
+    let mut p = finalized(pipeline("test", "dev1", 60));
+    p.metadata.annotations = Some(
+        [(
+            crate::api::PAUSED_ANNOTATION.to_string(),
+            "true".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    let task = spawn_reconcile(p.clone(), ctx.clone());
+
+    let status = server.expect("PATCH", &status_uri("test")).await;
+    let s = status.body["status"].clone();
+    assert_eq!(s["phase"], "Paused");
+    let ready = condition(&s, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "Paused");
+    assert_eq!(condition(&s, "Synced")["status"], "Unknown");
+    status.applied(&p);
+    let event = server.expect_event().await;
+    assert_eq!(event["reason"], "PhaseChanged");
+    let action = finish(task).await.expect("a paused pipeline is handled");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        sentinel.connections(),
+        0,
+        "a paused pipeline must not reach AWS"
+    );
 }
 
 #[tokio::test]
