@@ -68,6 +68,7 @@ async fn main() {
         Command::Apply(args) => cli::exit_code(cli::apply(&args)).await,
         Command::Plan(args) => cli::exit_code(cli::plan(&args)).await,
         Command::Destroy(args) => cli::exit_code(cli::destroy(&args)).await,
+        Command::ForceUnlock(args) => cli::exit_code(cli::force_unlock(&args)).await,
     };
     std::process::exit(code);
 }

@@ -284,3 +284,122 @@ fn usage_errors_exit_1_and_help_documents_the_exit_codes() {
     assert_eq!(code, 0);
     assert!(out.contains("--auto-approve"), "{out}");
 }
+
+/// The stack's lock as the user meets it: two `apply`s at once make one stack and one of them waits;
+/// a killed `apply` leaves its lock, which `plan` names, a waiting `apply` gives up on naming it, and
+/// `force-unlock` removes only with its id.
+#[tokio::test]
+async fn two_applies_at_once_wait_for_each_other_and_a_killed_ones_lock_is_force_unlocked() {
+    let emu = Emulator::start_kind(EmulatorKind::Moto).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(&dir, "cli3", 512);
+    let file = file.to_str().unwrap();
+    let both = || {
+        let a = std::thread::scope(|s| {
+            let one = s.spawn(|| run(&emu, &["apply", "-f", file]));
+            let two = s.spawn(|| run(&emu, &["apply", "-f", file]));
+            (one.join().unwrap(), two.join().unwrap())
+        });
+        a
+    };
+    let (one, two) = both();
+    assert_eq!((one.0, two.0), (3, 3), "{one:?}\n{two:?}");
+    push_images(&emu, "cli3").await;
+    let (three, four) = both();
+    assert_eq!((three.0, four.0), (0, 0), "{three:?}\n{four:?}");
+    let waited = [&one, &two, &three, &four]
+        .iter()
+        .filter(|(_, _, err)| err.contains("waiting…"))
+        .count();
+    assert!(
+        waited >= 1,
+        "no apply waited for the other:\n{one:?}\n{two:?}"
+    );
+    let aws = tap_controller::aws::Aws::connect(&emu.sdk_config())
+        .await
+        .unwrap();
+    let found = tap_tests::inventory::Inventory::of(&aws, "cli3")
+        .await
+        .unwrap();
+    assert!(found.duplicates().is_empty(), "{:?}", found.duplicates());
+    // The stack without e-mail subscriptions: 28 resources of its own (names listed once each).
+    assert_eq!(found.total(), 28, "{found:#?}");
+
+    // A drifted stack, an apply killed while it holds the lock.
+    aws.lambda
+        .update_function_configuration()
+        .function_name("tap-cli3-csv-validator")
+        .memory_size(256)
+        .send()
+        .await
+        .unwrap();
+    let holder_id = loop {
+        let mut child = std::process::Command::new(BIN)
+            .args(["apply", "-f", file])
+            .env("AWS_ENDPOINT_URL", &emu.endpoint)
+            .env("AWS_REGION", &emu.region)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut id = None;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while id.is_none() && std::time::Instant::now() < deadline {
+            let item = aws
+                .dynamodb
+                .get_item()
+                .table_name("tap-cli3-control")
+                .key(
+                    "pk",
+                    aws_sdk_dynamodb::types::AttributeValue::S("lock".into()),
+                )
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap();
+            id = item
+                .item()
+                .filter(|i| {
+                    i.get("holder")
+                        .and_then(|h| h.as_s().ok())
+                        .is_some_and(|h| h.ends_with(&format!("pid {pid}")))
+                })
+                .and_then(|i| i.get("lock_id"))
+                .and_then(|v| v.as_s().ok())
+                .cloned();
+        }
+        child.kill().unwrap();
+        let _ = child.wait();
+        let (_, _, err) = run(&emu, &["plan", "-f", file]);
+        match id {
+            Some(id) if err.contains(&id) => break (id, pid),
+            _ => continue, // it released the lock before it was killed: again
+        }
+    };
+    let (id, pid) = holder_id;
+    let (code, _, err) = run(&emu, &["plan", "-f", file]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("a write is in progress") && err.contains(&format!("pid {pid}")),
+        "{err}"
+    );
+    let (code, _, err) = run(&emu, &["apply", "-f", file, "--lock-timeout", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("force-unlock"),
+        "{err}"
+    );
+    let (code, _, err) = run(&emu, &["force-unlock", "-f", file, "0123456789abcdef"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&id) && err.contains("refusing"), "{err}");
+    let (code, out, err) = run(&emu, &["force-unlock", "-f", file, &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&emu, &["apply", "-f", file, "--lock-timeout", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&emu, &["destroy", "-f", file, "--auto-approve"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -10,7 +10,7 @@ use crate::stack::{push_images, OWNER};
 
 /// A minimal pipeline with suffix `suffix`.
 pub fn spec(suffix: &str) -> TransactionPipelineSpec {
-    serde_yaml::from_str(&format!(
+    serde_saphyr::from_str(&format!(
         "environmentSuffix: {suffix}\nfunctions:\n  csvValidator: {{image: {{tag: v1}}}}\n  dataTransformer: {{image: {{tag: v1}}}}\n  notificationSender: {{image: {{tag: v1}}}}\nnotifications: {{emails: [ops@example.com]}}\n"
     ))
     .expect("the spec parses")

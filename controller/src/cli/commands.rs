@@ -11,14 +11,14 @@ use anyhow::Context;
 use crate::api::{validate_stack, DeletionPolicy, Phase, TransactionPipeline};
 use crate::aws::{Aws, ResultExt};
 use crate::desired::{self, names, Kind, StackEnv};
-use crate::engine::{Action, DriftMemory, Engine, Mode, Pipeline};
+use crate::engine::{cli_holder, Action, DriftMemory, Engine, LockOptions, Mode, Pipeline};
 
 use super::manifest::{load_manifest, ManifestError};
 use super::output::{self, outputs_table, planned, report_error, resources_table, write_table};
 use super::progress::LiveProgress;
 use super::{
-    ApplyArgs, DestroyArgs, ManifestArgs, Output, PlanArgs, EXIT_CHANGES, EXIT_ERROR,
-    EXIT_NO_CHANGES, EXIT_OK, EXIT_WAITING_FOR_IMAGES,
+    ApplyArgs, DestroyArgs, ForceUnlockArgs, ManifestArgs, Output, PlanArgs, EXIT_CHANGES,
+    EXIT_ERROR, EXIT_NO_CHANGES, EXIT_OK, EXIT_WAITING_FOR_IMAGES,
 };
 
 /// A checked manifest and an engine connected to its account.
@@ -47,8 +47,13 @@ async fn prepare(args: &ManifestArgs, verb: &'static str) -> anyhow::Result<Prep
         .load()
         .await;
     let progress = LiveProgress::new(verb);
-    let engine =
-        Engine::new(sdk, args.concurrency, args.extra_tags.clone()).with_progress(progress.clone());
+    let engine = Engine::new(sdk, args.concurrency, args.extra_tags.clone())
+        .with_progress(progress.clone())
+        .with_lock(LockOptions {
+            holder: cli_holder(),
+            timeout: Duration::from_secs(args.lock_timeout),
+            ..LockOptions::default()
+        });
     let aws = engine.aws(pipeline.spec.region.as_deref()).await?;
     let owner = pipeline.owner_key();
     let env = StackEnv {
@@ -101,12 +106,14 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<i32> {
                 changed.push(r.clone());
             }
         }
-        let retry = match phase {
-            Phase::Ready | Phase::Drifted => false,
-            Phase::Provisioning => true,
-            Phase::Failed => report.conflicts().is_empty() && report.only_transient_failures(),
-            Phase::WaitingForImages | Phase::Deleting | Phase::Paused => false,
-        };
+        // Someone else's lock: already waited for it up to --lock-timeout.
+        let retry = report.locked_by.is_none()
+            && match phase {
+                Phase::Ready | Phase::Drifted => false,
+                Phase::Provisioning => true,
+                Phase::Failed => report.conflicts().is_empty() && report.only_transient_failures(),
+                Phase::WaitingForImages | Phase::Deleting | Phase::Paused => false,
+            };
         if retry && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
@@ -155,6 +162,11 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
         .engine
         .reconcile(&p.target(), Mode::DryRun, &mut DriftMemory::default())
         .await?;
+    if let Some(holder) = &report.locked_by {
+        p.progress.note(&format!(
+            "a write is in progress: {holder}; this plan may be out of date soon"
+        ));
+    }
     let policy = p.pipeline.spec.drift_policy;
     let mut stdout = std::io::stdout().lock();
     if args.manifest.output == Output::Json {
@@ -363,7 +375,8 @@ pub async fn destroy(args: &DestroyArgs) -> anyhow::Result<i32> {
         };
         let retry = !report.converged()
             && report.conflicts().is_empty()
-            && report.only_transient_failures();
+            && report.only_transient_failures()
+            && report.locked_by.is_none();
         if retry && Instant::now() < deadline {
             p.progress.note(&format!(
                 "pass {pass}: {} of {} resources gone, retrying the rest",
@@ -410,4 +423,22 @@ where
             EXIT_ERROR
         }
     }
+}
+
+/// `force-unlock`: removes the stack's lock, only when its id is the one given.
+pub async fn force_unlock(args: &ForceUnlockArgs) -> anyhow::Result<i32> {
+    let p = prepare(&args.manifest, "unlocking").await?;
+    let removed = p
+        .engine
+        .force_unlock(&p.target(), &args.lock_id)
+        .await
+        .context("force-unlock")?;
+    writeln!(
+        std::io::stdout().lock(),
+        "removed the lock of {} (since {}, lock id {})",
+        removed.holder,
+        removed.since,
+        removed.id
+    )?;
+    Ok(EXIT_OK)
 }

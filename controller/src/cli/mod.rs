@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use commands::{apply, destroy, exit_code, plan};
+pub use commands::{apply, destroy, exit_code, force_unlock, plan};
 pub use manifest::{crd_yaml, load_manifest, parse_manifest, ManifestError};
 pub use output::print_error;
 
@@ -69,6 +69,10 @@ pub enum Command {
     /// and asking.
     #[command(after_help = DESTROY_EXIT)]
     Destroy(DestroyArgs),
+    /// Remove the stack's lock that a writer which is gone for good left behind (like `terraform
+    /// force-unlock`); refused unless LOCK_ID is the lock's id.
+    #[command(after_help = OTHER_EXIT)]
+    ForceUnlock(ForceUnlockArgs),
     /// Print the TransactionPipeline CustomResourceDefinition (YAML).
     #[command(after_help = OTHER_EXIT)]
     Crd,
@@ -90,6 +94,18 @@ pub struct ManifestArgs {
     /// Tags added to every AWS resource, `k=v,k2=v2`.
     #[arg(long, env = "TAP_EXTRA_TAGS", default_value = "", value_parser = parse_tags)]
     pub extra_tags: BTreeMap<String, String>,
+    /// How long `apply` and `destroy` wait for another writer's lock on the stack (the controller, a
+    /// CI job) before giving up, in seconds.
+    #[arg(long, env = "TAP_LOCK_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub lock_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ForceUnlockArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// The lock id that `apply`, `destroy` or `plan` printed with the holder. Anything else is refused.
+    pub lock_id: String,
 }
 
 #[derive(Args, Debug)]

@@ -131,6 +131,17 @@ pub fn outputs_table(o: &StackOutputs) -> Table {
 
 /// The failures and conflicts of a report as one error.
 pub fn report_error(report: &Report) -> Option<anyhow::Error> {
+    // A plan names a live lock as a note; a write refused by it is this error.
+    if let Some(holder) = report
+        .locked_by
+        .as_ref()
+        .filter(|_| !report.failures().is_empty())
+    {
+        return Some(anyhow::anyhow!(
+            "{holder}: another writer is at work on this stack; nothing was written (waited --lock-timeout). If that writer is gone for good: tap-controller force-unlock -f <manifest> {}",
+            holder.id
+        ));
+    }
     let bad: Vec<String> = report
         .resources
         .iter()

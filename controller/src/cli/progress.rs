@@ -117,6 +117,10 @@ impl Drop for Ticker {
 }
 
 impl Progress for LiveProgress {
+    fn waiting_for_lock(&self, holder: &crate::engine::LockHolder) {
+        self.note(&format!("{holder}, waiting…"));
+    }
+
     fn started(&self, id: &ResourceId) {
         let verb = self.verb();
         let bar = self.live.as_ref().map(|live| {

@@ -108,7 +108,18 @@ pub async fn run(
     let metrics = Metrics::new();
     let observer = metrics.clone();
     let errors = metrics.clone();
+    // One identity for every replica: the Lease already makes one of them active, and a restarted
+    // controller takes its own lock back at once. It never waits for someone else's: it requeues.
+    let lock = crate::engine::LockOptions {
+        holder: format!(
+            "controller {}/{}",
+            config.lease_namespace, config.lease_name
+        ),
+        timeout: std::time::Duration::ZERO,
+        ..Default::default()
+    };
     let engine = Engine::new(sdk, config.concurrency, config.extra_tags.clone())
+        .with_lock(lock)
         .with_call_observer(move |service, operation| observer.aws_call(service, operation))
         .with_error_observer(move |service, operation, code| {
             errors.aws_error(service, operation, code)
