@@ -1,6 +1,11 @@
 use clap::Parser;
 use tap_controller::cli::{self, Cli, Command, LogArgs, LogFormat};
 
+// `--features dhat-heap`: every allocation goes through dhat, which writes `dhat-heap.json` on exit.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn init_tracing(args: &LogArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -15,6 +20,8 @@ fn init_tracing(args: &LogArgs) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    #[cfg(feature = "dhat-heap")]
+    let profiler = dhat::Profiler::new_heap();
     // kube and the AWS SDK may both enable a rustls provider; pick one for the whole process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
@@ -72,5 +79,8 @@ async fn main() -> anyhow::Result<()> {
         },
         Command::Destroy(args) => cli::destroy(&args).await?,
     };
+    // `exit` runs no destructors: write the heap profile first.
+    #[cfg(feature = "dhat-heap")]
+    drop(profiler);
     std::process::exit(code);
 }

@@ -3,12 +3,15 @@
 //! - [`stack`]: a desired stack built against it, its resources picked by kind, images pushed;
 //! - [`lifecycle`]: one driver on one resource, through create → converged → drift → correction →
 //!   delete, with the assertions every driver test makes;
-//! - [`datapath`] and [`lambda_runtime_api`]: the deployed stack running a transaction file end to end.
+//! - [`datapath`] and [`lambda_runtime_api`]: the deployed stack running a transaction file end to end;
+//! - [`scale`]: the scale benchmark's recording AWS proxy, controller process and `/proc` readings (Linux).
 
 pub mod datapath;
 pub mod emulator;
 pub mod lambda_runtime_api;
 pub mod lifecycle;
+#[cfg(target_os = "linux")]
+pub mod scale;
 pub mod stack;
 
 pub use emulator::{
