@@ -17,7 +17,7 @@ pub enum ErrorClass {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{call} on {resource}: {message}")]
+#[error("{call} on {resource}: {}{message}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
 pub struct AwsError {
     /// The resource the call was about, e.g. `Function tap-dev1-csv-validator`.
     pub resource: String,
@@ -36,6 +36,18 @@ impl AwsError {
 
     pub fn is_transient(&self) -> bool {
         self.class == ErrorClass::Transient
+    }
+
+    /// Whether AWS may have carried the request out although it failed: a timeout, a connection lost,
+    /// a 5xx. (Throttling, validation, a role not yet assumable: it was refused.) A create that is not
+    /// idempotent must look for what it may have made before it is repeated.
+    pub fn outcome_unknown(&self) -> bool {
+        self.is_transient()
+            && !self
+                .code
+                .as_deref()
+                .is_some_and(|c| THROTTLING_CODES.contains(&c))
+            && !self.is_role_propagation()
     }
 
     /// A role that is not assumable yet (see [`role_not_assumable_yet`]).
@@ -99,7 +111,8 @@ const NOT_FOUND_CODES: &[&str] = &[
     "QueueDoesNotExist",
 ];
 
-const TRANSIENT_CODES: &[&str] = &[
+/// Refused for the rate: nothing was carried out.
+const THROTTLING_CODES: &[&str] = &[
     "Throttling",
     "ThrottlingException",
     "ThrottledException",
@@ -109,6 +122,9 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestThrottledException",
     "ProvisionedThroughputExceededException",
     "SlowDown",
+];
+
+const TRANSIENT_CODES: &[&str] = &[
     "ServiceUnavailable",
     "ServiceUnavailableException",
     "InternalError",
@@ -144,7 +160,9 @@ pub fn role_not_assumable_yet(code: &str, message: &str) -> bool {
 pub fn classify(code: Option<&str>, message: &str, status: Option<u16>) -> ErrorClass {
     match code {
         Some(code) if NOT_FOUND_CODES.contains(&code) => ErrorClass::NotFound,
-        Some(code) if TRANSIENT_CODES.contains(&code) => ErrorClass::Transient,
+        Some(code) if TRANSIENT_CODES.contains(&code) || THROTTLING_CODES.contains(&code) => {
+            ErrorClass::Transient
+        }
         Some(code) if role_not_assumable_yet(code, message) => ErrorClass::Transient,
         // A REST API answering 404 without a modelled error (moto's DeleteRestApi on a missing API).
         None if status == Some(404) => ErrorClass::NotFound,
@@ -185,19 +203,34 @@ where
                 SdkError::ServiceError(service) => {
                     let e = service.err();
                     let code = e.code().map(str::to_string);
+                    // An error AWS sent without a message (or one the SDK could not parse) is named by
+                    // its HTTP status, not the SDK's "unhandled error".
                     let message = e
                         .message()
                         .map(str::to_string)
-                        .unwrap_or_else(|| e.to_string());
+                        .unwrap_or_else(|| match status {
+                            Some(status) => format!("HTTP {status} without an error message"),
+                            None => "an error without a message".into(),
+                        });
                     let class = classify(code.as_deref(), &message, status);
                     (code, message, class)
                 }
-                SdkError::TimeoutError(_)
-                | SdkError::DispatchFailure(_)
-                | SdkError::ResponseError(_) => (
+                SdkError::TimeoutError(_) => (None, "timed out".into(), ErrorClass::Transient),
+                SdkError::DispatchFailure(failure) => (
                     None,
                     format!(
-                        "{}",
+                        "could not reach AWS: {}",
+                        failure
+                            .as_connector_error()
+                            .map(|e| root_cause(e))
+                            .unwrap_or_else(|| "the request was not sent".into())
+                    ),
+                    ErrorClass::Transient,
+                ),
+                SdkError::ResponseError(_) => (
+                    None,
+                    format!(
+                        "the response could not be read: {}",
                         aws_smithy_types::error::display::DisplayErrorContext(&err)
                     ),
                     ErrorClass::Transient,
@@ -220,6 +253,15 @@ where
             }
         })
     }
+}
+
+/// The innermost cause of an error (the OS error under the connector's wrappers), in one short line.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
 }
 
 /// The HTTP status of a raw response, for classification.

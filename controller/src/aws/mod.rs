@@ -2,11 +2,62 @@
 
 mod calls;
 mod error;
+mod throttle;
 
-pub use calls::{is_read, CallCounter, CallKey, Observer};
+pub use calls::{is_read, scope, CallCounter, CallKey, ErrorObserver, Observer};
 pub use error::{AwsError, ErrorClass, Optional, ResultExt};
+pub use throttle::{Rate, RateLimitedClient, RateLimits};
 
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
 use aws_config::SdkConfig;
+use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
+
+/// How the clients are built beyond the SDK configuration.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// Outbound requests per second, per service.
+    pub rate_limits: RateLimits,
+    /// More interceptors on every client (fault injection in tests, tracing).
+    pub interceptors: Vec<SharedInterceptor>,
+}
+
+/// Attempts per call (the SDK's standard retry mode, with backoff): throttling and 5xx on reads are
+/// absorbed here rather than failing a walk. A configuration that turned retries off keeps them off.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// The SDK configuration the clients are built from: rate-limited HTTP, more attempts.
+fn client_config(sdk: &SdkConfig, options: &ClientOptions) -> SdkConfig {
+    let mut builder = sdk.to_builder();
+    let retries = sdk
+        .retry_config()
+        .cloned()
+        .unwrap_or_else(RetryConfig::standard);
+    let attempts = retries.max_attempts();
+    if attempts > 1 {
+        builder.set_retry_config(Some(
+            retries
+                .with_max_attempts(attempts.max(MAX_ATTEMPTS))
+                .with_max_backoff(Duration::from_secs(20)),
+        ));
+    }
+    if !options.rate_limits.0.is_empty() {
+        let inner = sdk.http_client().unwrap_or_else(|| {
+            use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+                .build_https()
+        });
+        builder.set_http_client(Some(
+            aws_smithy_runtime_api::client::http::SharedHttpClient::new(RateLimitedClient::new(
+                inner,
+                &options.rate_limits,
+            )),
+        ));
+    }
+    builder.build()
+}
 
 /// The SDK clients of every service the stack uses, plus the account and region they act in.
 #[derive(Clone)]
@@ -30,29 +81,45 @@ pub struct Aws {
 }
 
 macro_rules! client {
-    ($krate:ident, $sdk:expr, $calls:expr) => {
-        $krate::Client::from_conf(
-            $krate::config::Builder::from($sdk)
-                .interceptor($calls.clone())
-                .build(),
-        )
-    };
+    ($krate:ident, $sdk:expr, $calls:expr, $options:expr) => {{
+        let mut builder = $krate::config::Builder::from($sdk).interceptor($calls.clone());
+        for interceptor in &$options.interceptors {
+            builder.push_interceptor(interceptor.clone());
+        }
+        $krate::Client::from_conf(builder.build())
+    }};
 }
 
 impl Aws {
     /// Builds the clients and reads the account id from STS (never hard-coded: emulators differ).
     pub async fn connect(sdk: &SdkConfig) -> Result<Self, AwsError> {
+        Self::connect_with(sdk, &ClientOptions::default()).await
+    }
+
+    /// [`Aws::connect`], with rate limits and extra interceptors.
+    pub async fn connect_with(sdk: &SdkConfig, options: &ClientOptions) -> Result<Self, AwsError> {
+        let sdk = &client_config(sdk, options);
         let calls = CallCounter::default();
         let region = sdk
             .region()
             .map(|r| r.to_string())
             .unwrap_or_else(|| "us-east-1".into());
-        let sts = client!(aws_sdk_sts, sdk, calls);
-        let identity = sts
-            .get_caller_identity()
-            .send()
-            .await
-            .context("account", "sts:GetCallerIdentity")?;
+        let sts = client!(aws_sdk_sts, sdk, calls, options);
+        // STS throttles too ("Rate exceeded"): retried here, since nothing can go on without it.
+        let identity = backon::Retryable::retry(
+            || async {
+                sts.get_caller_identity()
+                    .send()
+                    .await
+                    .context("account", "sts:GetCallerIdentity")
+            },
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_times(4)
+                .with_jitter(),
+        )
+        .when(AwsError::is_transient)
+        .await?;
         let account_id = identity.account().unwrap_or_default().to_string();
         let partition = identity
             .arn()
@@ -60,25 +127,28 @@ impl Aws {
             .unwrap_or("aws")
             .to_string();
         // Emulators serve S3 on one host: virtual-hosted bucket addressing would not resolve.
-        let s3_conf = aws_sdk_s3::config::Builder::from(sdk)
+        let mut s3_conf = aws_sdk_s3::config::Builder::from(sdk)
             .interceptor(calls.clone())
-            .force_path_style(sdk.endpoint_url().is_some())
-            .build();
+            .force_path_style(sdk.endpoint_url().is_some());
+        for interceptor in &options.interceptors {
+            s3_conf.push_interceptor(interceptor.clone());
+        }
+        let s3_conf = s3_conf.build();
         Ok(Aws {
             account_id,
             region,
             partition,
             s3: aws_sdk_s3::Client::from_conf(s3_conf),
-            dynamodb: client!(aws_sdk_dynamodb, sdk, calls),
-            lambda: client!(aws_sdk_lambda, sdk, calls),
-            sfn: client!(aws_sdk_sfn, sdk, calls),
-            apigateway: client!(aws_sdk_apigateway, sdk, calls),
-            iam: client!(aws_sdk_iam, sdk, calls),
-            ecr: client!(aws_sdk_ecr, sdk, calls),
-            sns: client!(aws_sdk_sns, sdk, calls),
-            sqs: client!(aws_sdk_sqs, sdk, calls),
-            cloudwatch: client!(aws_sdk_cloudwatch, sdk, calls),
-            logs: client!(aws_sdk_cloudwatchlogs, sdk, calls),
+            dynamodb: client!(aws_sdk_dynamodb, sdk, calls, options),
+            lambda: client!(aws_sdk_lambda, sdk, calls, options),
+            sfn: client!(aws_sdk_sfn, sdk, calls, options),
+            apigateway: client!(aws_sdk_apigateway, sdk, calls, options),
+            iam: client!(aws_sdk_iam, sdk, calls, options),
+            ecr: client!(aws_sdk_ecr, sdk, calls, options),
+            sns: client!(aws_sdk_sns, sdk, calls, options),
+            sqs: client!(aws_sdk_sqs, sdk, calls, options),
+            cloudwatch: client!(aws_sdk_cloudwatch, sdk, calls, options),
+            logs: client!(aws_sdk_cloudwatchlogs, sdk, calls, options),
             sts,
             calls,
         })

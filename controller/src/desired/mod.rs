@@ -59,6 +59,12 @@ impl Kind {
         Kind::Alarm,
     ];
 
+    /// Whether the create call of this kind cannot carry tags (`CreateBucket`): an intent is recorded
+    /// before it, so a create interrupted before its tags is still recognised as ours.
+    pub fn creates_untagged(self) -> bool {
+        self == Kind::Bucket
+    }
+
     /// Whether resources of this kind carry tags of their own (a permission is a policy statement inside
     /// its function, owned through it).
     pub fn is_tagged(self) -> bool {

@@ -106,3 +106,31 @@ pub fn stage(rest_api: &str, stage: &str) -> String {
 /// Statement ids of the two invoke permissions of csv-validator.
 pub const S3_INVOKE_STATEMENT: &str = "tap-s3-invoke";
 pub const API_INVOKE_STATEMENT: &str = "tap-apigateway-invoke";
+
+/// The stack's control table (intents, the writer's lock).
+pub fn control_table(suffix: &str) -> String {
+    format!("tap-{suffix}-control")
+}
+
+/// AWS's limit on a tag value.
+pub const TAG_VALUE_LIMIT: usize = 256;
+
+/// The value of the ownership tag for a pipeline `namespace/name`: the key itself when it fits a tag value
+/// (Kubernetes allows a 253-character name and a 63-character namespace; AWS 256 characters per tag
+/// value), else the head of the key and a digest of the whole, so two long keys never share a value.
+pub fn owner_tag(owner: &str) -> String {
+    if owner.len() <= TAG_VALUE_LIMIT {
+        return owner.to_string();
+    }
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(owner.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut head = TAG_VALUE_LIMIT - digest.len() - 1;
+    while !owner.is_char_boundary(head) {
+        head -= 1;
+    }
+    format!("{}~{digest}", &owner[..head])
+}

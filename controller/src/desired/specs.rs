@@ -192,6 +192,10 @@ pub struct RestApiSpec {
     pub integration: ApiIntegration,
     pub validator: RequestValidator,
     pub model: ApiModel,
+    /// Copies made by a create repeated after its answer was lost (API Gateway keeps no name unique): the
+    /// ids of the ones this pipeline owns besides the one meant. Desired: none; the update deletes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<String>,
 }
 
 impl RestApiSpec {
@@ -272,6 +276,10 @@ pub struct StageSpec {
 pub struct ApiKeySpec {
     pub description: String,
     pub enabled: bool,
+    /// Copies made by a create repeated after its answer was lost (API Gateway keeps no name unique): the
+    /// ids of the ones this pipeline owns besides the one meant. Desired: none; the update deletes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -288,6 +296,10 @@ pub struct UsagePlanSpec {
     pub quota_period: String,
     /// The API key bound to the plan (its AWS name; a resource of its own).
     pub api_key_name: String,
+    /// Copies made by a create repeated after its answer was lost (API Gateway keeps no name unique): the
+    /// ids of the ones this pipeline owns besides the one meant. Desired: none; the update deletes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<String>,
 }
 
 // ---------------------------------------------------------------- CloudWatch

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::api::{DriftAction, DriftEntry};
 use crate::desired::{ResourceId, Stack};
-use crate::drivers::FieldDiff;
+use crate::drivers::{FieldDiff, Outputs};
 
 /// Field path used for a resource that disappeared out of band.
 pub const EXISTS_FIELD: &str = "(exists)";
@@ -30,6 +30,9 @@ pub struct DriftMemory {
     /// Desired JSON (spec + tags) last applied or confirmed, per resource: tells a spec change from drift.
     applied: HashMap<ResourceId, Value>,
     fields: BTreeMap<(ResourceId, String), FieldRecord>,
+    /// What each resource exposed when last seen: a dependency whose read fails for a moment is still
+    /// known to exist, and its dependents go on with these.
+    outputs: HashMap<ResourceId, Outputs>,
     walk: u64,
 }
 
@@ -60,6 +63,23 @@ impl DriftMemory {
     /// Starts a walk; records not seen again in it are dropped by [`DriftMemory::entries`].
     pub fn begin_walk(&mut self) {
         self.walk += 1;
+    }
+
+    /// Remembers what a resource exposed (it exists as ours).
+    pub fn remember(&mut self, id: &ResourceId, outputs: &Outputs) {
+        if *outputs != Outputs::default() {
+            self.outputs.insert(id.clone(), outputs.clone());
+        }
+    }
+
+    /// Forgets a resource that is gone.
+    pub fn forget(&mut self, id: &ResourceId) {
+        self.outputs.remove(id);
+    }
+
+    /// What a resource exposed when last seen as ours.
+    pub fn remembered(&self, id: &ResourceId) -> Option<&Outputs> {
+        self.outputs.get(id)
     }
 
     /// When the earliest held-back correction may be retried, if any is waiting.

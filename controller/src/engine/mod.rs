@@ -2,6 +2,7 @@
 //! dependency graph (independent resources in parallel, bounded concurrency); teardown walks the graph
 //! backwards. Both front ends (Kubernetes controller, CLI) call only this.
 
+mod control;
 mod drift;
 mod report;
 mod status;
@@ -14,11 +15,12 @@ use std::time::Instant;
 
 use aws_config::SdkConfig;
 
+pub use control::{Control, Intent};
 pub use drift::DriftMemory;
 pub use report::{Action, Report, ResourceReport};
 
 use crate::api::{DriftPolicy, StackOutputs, TransactionPipelineSpec, ValidationErrors};
-use crate::aws::{Aws, AwsError};
+use crate::aws::{self, Aws, AwsError, ClientOptions};
 use crate::desired::{self, names, Kind, Stack, StackEnv, Tags};
 use crate::drivers::{self, Outputs};
 use step::Step;
@@ -47,7 +49,9 @@ pub struct Engine {
     /// Tags added to every resource (the controller's `--extra-tags`).
     pub extra_tags: Tags,
     clients: tokio::sync::Mutex<HashMap<String, Aws>>,
+    options: ClientOptions,
     observer: Option<crate::aws::Observer>,
+    error_observer: Option<crate::aws::ErrorObserver>,
     progress: Option<Arc<dyn Progress>>,
 }
 
@@ -71,9 +75,26 @@ impl Engine {
             concurrency: concurrency.max(1),
             extra_tags,
             clients: Default::default(),
+            options: ClientOptions::default(),
             observer: None,
+            error_observer: None,
             progress: None,
         }
+    }
+
+    /// How the clients are built: rate limits per service, extra interceptors.
+    pub fn with_client_options(mut self, options: ClientOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Reports every failed attempt (service, operation, code) to `observer`: the metrics registry.
+    pub fn with_error_observer(
+        mut self,
+        observer: impl Fn(&str, &str, &str) + Send + Sync + 'static,
+    ) -> Self {
+        self.error_observer = Some(Arc::new(observer));
+        self
     }
 
     /// Tells `progress` of every resource's turn as it starts and ends.
@@ -112,7 +133,7 @@ impl Engine {
             .to_builder()
             .region(aws_config::Region::new(region.clone()))
             .build();
-        let aws = Aws::connect(&sdk)
+        let aws = Aws::connect_with(&sdk, &self.options)
             .await
             .map_err(|source| EngineError::Connect {
                 region: region.clone(),
@@ -120,6 +141,9 @@ impl Engine {
             })?;
         if let Some(observer) = &self.observer {
             aws.calls.set_observer(observer.clone());
+        }
+        if let Some(observer) = &self.error_observer {
+            aws.calls.set_error_observer(observer.clone());
         }
         clients.insert(region, aws.clone());
         Ok(aws)
@@ -154,16 +178,17 @@ impl Engine {
             mode
         };
         let started = Instant::now();
-        let before = aws.calls.snapshot();
         memory.begin_walk();
         let shared = Arc::new(Mutex::new(std::mem::take(memory)));
-        let owner = pipeline.owner.to_string();
+        let owner = names::owner_tag(pipeline.owner);
+        let control = Control::new(aws.clone(), &stack.suffix, &owner, control_tags(&stack));
         let policy = pipeline.spec.drift_policy;
-        let reports = walk::forward(&stack, self.concurrency, mode, |resource, deps| {
+        let walk = walk::forward(&stack, self.concurrency, mode, |resource, deps| {
             let progress = self.progress.clone();
             let aws = aws.clone();
             let owner = owner.clone();
             let shared = shared.clone();
+            let control = &control;
             async move {
                 Step {
                     aws: &aws,
@@ -173,18 +198,19 @@ impl Engine {
                     mode,
                     policy,
                     memory: &shared,
+                    control,
                     progress: progress.as_deref(),
                 }
                 .converge()
                 .await
             }
-        })
-        .await;
+        });
+        let (reports, calls) = aws::scope(walk).await;
         *memory = Arc::try_unwrap(shared)
             .map(|m| m.into_inner().expect("drift memory poisoned"))
             .unwrap_or_default();
         let drift = memory.entries(&stack);
-        Ok(finish(&stack, reports, drift, started, &before, &aws))
+        Ok(finish(&stack, reports, drift, started, calls))
     }
 
     /// Deletes every resource of the stack that this pipeline owns, dependents first.
@@ -195,33 +221,70 @@ impl Engine {
     ) -> Result<Report, EngineError> {
         let (aws, stack) = self.desired(pipeline).await?;
         let started = Instant::now();
-        let before = aws.calls.snapshot();
-        let owner = pipeline.owner.to_string();
+        let owner = names::owner_tag(pipeline.owner);
+        let control = Control::new(aws.clone(), &stack.suffix, &owner, control_tags(&stack));
         let memory = Mutex::new(DriftMemory::default());
-        let reports = walk::backward(&stack, self.concurrency, |resource| {
-            let progress = self.progress.clone();
-            let aws = aws.clone();
-            let owner = owner.clone();
-            let memory = &memory;
-            async move {
-                let deps = BTreeMap::new();
-                Step {
-                    aws: &aws,
-                    resource: &resource,
-                    deps: &deps,
-                    owner: &owner,
-                    mode,
-                    policy: DriftPolicy::Correct,
-                    memory,
-                    progress: progress.as_deref(),
+        let work = async {
+            let reports = walk::backward(&stack, self.concurrency, |resource| {
+                let progress = self.progress.clone();
+                let aws = aws.clone();
+                let owner = owner.clone();
+                let memory = &memory;
+                let control = &control;
+                async move {
+                    let deps = BTreeMap::new();
+                    Step {
+                        aws: &aws,
+                        resource: &resource,
+                        deps: &deps,
+                        owner: &owner,
+                        mode,
+                        policy: DriftPolicy::Correct,
+                        memory,
+                        control,
+                        progress: progress.as_deref(),
+                    }
+                    .tear_down()
+                    .await
                 }
-                .tear_down()
-                .await
+            })
+            .await;
+            // The control table goes last, once nothing else of the stack is left.
+            let mut reports = reports;
+            if mode == Mode::Apply && reports.iter().all(ResourceReport::is_done) {
+                let started = Instant::now();
+                let id = desired::ResourceId::new(Kind::Table, control.table());
+                let (action, applied) = match control.remove().await {
+                    Ok(true) => (Action::Delete, true),
+                    Ok(false) => (Action::AlreadyGone, false),
+                    Err(e) => (Action::Fail(e), false),
+                };
+                if applied || matches!(action, Action::Fail(_)) {
+                    reports.push(ResourceReport {
+                        id,
+                        action,
+                        applied,
+                        outputs: Outputs::default(),
+                        remembered: false,
+                        elapsed: started.elapsed(),
+                    });
+                }
             }
-        })
-        .await;
-        Ok(finish(&stack, reports, Vec::new(), started, &before, &aws))
+            reports
+        };
+        let (reports, calls) = aws::scope(work).await;
+        Ok(finish(&stack, reports, Vec::new(), started, calls))
     }
+}
+
+/// The control table carries the stack's ownership tags.
+fn control_tags(stack: &Stack) -> Tags {
+    stack
+        .resources
+        .iter()
+        .find(|r| r.id.kind.is_tagged())
+        .map(|r| r.tags.clone())
+        .unwrap_or_default()
 }
 
 fn finish(
@@ -229,14 +292,8 @@ fn finish(
     reports: Vec<ResourceReport>,
     drift: Vec<crate::api::DriftEntry>,
     started: Instant,
-    before: &BTreeMap<(String, String), u64>,
-    aws: &Aws,
+    calls: BTreeMap<(String, String), u64>,
 ) -> Report {
-    let mut calls = aws.calls.snapshot();
-    for (key, count) in calls.iter_mut() {
-        *count -= before.get(key).copied().unwrap_or(0);
-    }
-    calls.retain(|_, c| *c > 0);
     let (outputs, api_key) = stack_outputs(stack, &reports);
     Report {
         resources: reports,

@@ -38,6 +38,8 @@ pub struct ResourceReport {
     /// Whether the action was carried out (false in a dry run).
     pub applied: bool,
     pub outputs: Outputs,
+    /// The outputs are remembered from an earlier walk: this walk's read failed for a moment.
+    pub remembered: bool,
     pub elapsed: Duration,
 }
 
@@ -51,11 +53,20 @@ impl ResourceReport {
         }
     }
 
-    /// Exists as ours, so dependents can be converged against it (drift it keeps does not block them).
+    /// Exists as ours, so dependents can be converged against it (drift it keeps does not block them, nor
+    /// a read that failed for a moment when an earlier walk saw it as ours).
     pub fn usable(&self) -> bool {
         match &self.action {
+            Action::Fail(e) => e.is_transient() && self.remembered,
+            action => Self::usable_action(action, self.applied),
+        }
+    }
+
+    /// Whether what a turn did leaves the resource existing as ours.
+    pub fn usable_action(action: &Action, applied: bool) -> bool {
+        match action {
             Action::NoChange | Action::Hold(_) => true,
-            Action::Create | Action::Update(_) => self.applied,
+            Action::Create | Action::Update(_) => applied,
             _ => false,
         }
     }
@@ -90,7 +101,7 @@ impl ResourceReport {
                 let verb = match (&self.action, self.applied) {
                     (Action::Update(_), true) => "updated",
                     (Action::Update(_), false) => "would update",
-                    _ => "differs (not corrected)",
+                    _ => "differs, left as is (driftPolicy: Report, or a correction that did not hold, retried later)",
                 };
                 format!("{verb}: {}", fields.join(", "))
             }

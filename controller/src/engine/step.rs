@@ -4,15 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::control::Control;
 use super::drift::DriftMemory;
 use super::report::{Action, ResourceReport};
 use super::Mode;
 use crate::api::DriftPolicy;
-use crate::aws::Aws;
+use crate::aws::{Aws, AwsError};
 use crate::desired::{Resource, ResourceId, ResourceSpec, Tags, OWNER_TAG};
 use crate::drivers::{self, Ctx, Driver, DriverError, Observed, Outputs};
 
@@ -88,10 +89,12 @@ pub(super) struct Step<'a> {
     pub aws: &'a Aws,
     pub resource: &'a Resource,
     pub deps: &'a BTreeMap<ResourceId, Outputs>,
+    /// The ownership tag's value of the pipeline the walk is for.
     pub owner: &'a str,
     pub mode: Mode,
     pub policy: DriftPolicy,
     pub memory: &'a Mutex<DriftMemory>,
+    pub control: &'a Control,
     pub progress: Option<&'a dyn super::Progress>,
 }
 
@@ -100,6 +103,7 @@ struct Turn {
     action: Action,
     applied: bool,
     outputs: Outputs,
+    remembered: bool,
 }
 
 impl Turn {
@@ -108,6 +112,7 @@ impl Turn {
             action,
             applied: true,
             outputs,
+            remembered: false,
         }
     }
 
@@ -116,8 +121,26 @@ impl Turn {
             action,
             applied: false,
             outputs,
+            remembered: false,
         }
     }
+
+    /// A transient failure, worth another try within the walk.
+    fn retryable(&self) -> bool {
+        matches!(&self.action, Action::Fail(e) if e.is_transient())
+    }
+}
+
+/// Tries of a resource's turn within one walk when it fails transiently (throttling the SDK's own
+/// retries did not absorb, a read that said not-found right after a create): each try observes afresh.
+fn step_retries() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(4))
+        .with_max_times(2)
+        .with_jitter()
+        .build()
 }
 
 impl Step<'_> {
@@ -144,6 +167,7 @@ impl Step<'_> {
             action: turn.action,
             applied: turn.applied,
             outputs: turn.outputs,
+            remembered: turn.remembered,
             elapsed: started.elapsed(),
         }
     }
@@ -151,18 +175,42 @@ impl Step<'_> {
     /// Forward: bring the resource to the spec.
     pub async fn converge(&self) -> ResourceReport {
         let started = self.start();
-        let turn = with_driver!(&self.resource.spec, |driver, spec| self
-            .converge_with(&driver, spec)
-            .await);
+        let mut retries = step_retries();
+        let mut turn = loop {
+            let turn = with_driver!(&self.resource.spec, |driver, spec| self
+                .converge_with(&driver, spec)
+                .await);
+            match retries.next() {
+                Some(delay) if turn.retryable() => tokio::time::sleep(delay).await,
+                _ => break turn,
+            }
+        };
+        let id = &self.resource.id;
+        if turn.retryable() {
+            // Known to exist as ours from an earlier walk: its dependents go on with what it exposed.
+            if let Some(outputs) = self.memory().remembered(id) {
+                turn.outputs = outputs.clone();
+                turn.remembered = true;
+            }
+        } else if ResourceReport::usable_action(&turn.action, turn.applied) {
+            self.memory().remember(id, &turn.outputs);
+        }
         self.finish(started, turn)
     }
 
     /// Backward: delete the resource if it is ours.
     pub async fn tear_down(&self) -> ResourceReport {
         let started = self.start();
-        let turn = with_driver!(&self.resource.spec, |driver, spec| self
-            .tear_down_with(&driver, spec)
-            .await);
+        let mut retries = step_retries();
+        let turn = loop {
+            let turn = with_driver!(&self.resource.spec, |driver, spec| self
+                .tear_down_with(&driver, spec)
+                .await);
+            match retries.next() {
+                Some(delay) if turn.retryable() => tokio::time::sleep(delay).await,
+                _ => break turn,
+            }
+        };
         self.finish(started, turn)
     }
 
@@ -181,32 +229,80 @@ impl Step<'_> {
         report
     }
 
+    /// Reads the resource; one found under our name without any ownership tag is ours only when this
+    /// pipeline recorded the intent to create it (a create that stopped before its tags were set).
+    async fn observe<D: Driver>(
+        &self,
+        driver: &D,
+        spec: &D::Spec,
+    ) -> Result<Option<Observed<D::Spec>>, AwsError> {
+        let id = &self.resource.id;
+        let Some(mut observed) = driver.observe(&self.ctx(), spec).await? else {
+            return Ok(None);
+        };
+        if id.kind.creates_untagged() && observed.owner().is_none() {
+            if let Some(intent) = self.control.intent(id).await? {
+                if intent.owner == self.owner {
+                    tracing::info!(resource = %id, since = %intent.at, "an interrupted create of ours: resumed");
+                    observed.parent_owner = Some(intent.owner);
+                }
+            }
+        }
+        Ok(Some(observed))
+    }
+
+    /// Creates, with an intent recorded first where AWS cannot make a create and its tags one call.
+    async fn create<D: Driver>(&self, driver: &D, spec: &D::Spec) -> Result<Outputs, DriverError> {
+        let id = &self.resource.id;
+        let untagged = id.kind.creates_untagged();
+        if untagged {
+            self.control.record_intent(id).await?;
+        }
+        let outputs = driver
+            .create(&self.ctx(), spec, &self.resource.tags)
+            .await?;
+        if untagged {
+            self.control.clear_intent(id).await?;
+        }
+        Ok(outputs)
+    }
+
     async fn converge_with<D: Driver>(&self, driver: &D, spec: &D::Spec) -> Turn {
         let ctx = self.ctx();
         let tags = &self.resource.tags;
         let id = &self.resource.id;
-        let observed = match driver.observe(&ctx, spec).await {
+        let observed = match self.observe(driver, spec).await {
             Ok(observed) => observed,
             Err(e) => return Turn::saw(failure(e.into()), Outputs::default()),
         };
         let desired_json = desired_json(spec, tags);
         let now = chrono::Utc::now();
-        let Some(observed) = observed else {
-            let recreate = self.memory().note_missing(id, now, self.writes());
-            if !self.writes() {
-                return Turn::saw(Action::Create, Outputs::default());
-            }
-            return match driver.create(&ctx, spec, tags).await {
-                Ok(outputs) => {
-                    self.memory().applied(id, desired_json, recreate);
-                    Turn::did(Action::Create, outputs)
+        let observed = match observed {
+            Some(observed) => observed,
+            None => {
+                let recreate = self.memory().note_missing(id, now, self.writes());
+                if !self.writes() {
+                    return Turn::saw(Action::Create, Outputs::default());
                 }
-                Err(e) => Turn::saw(failure(e), Outputs::default()),
-            };
+                match self.create(driver, spec).await {
+                    Ok(outputs) => {
+                        self.memory().applied(id, desired_json, recreate);
+                        return Turn::did(Action::Create, outputs);
+                    }
+                    // It may exist after all (a retried create whose first answer was lost, another
+                    // writer): look again before reporting; if it is there, go on as with any existing one.
+                    Err(error @ DriverError::Aws(_)) => match self.observe(driver, spec).await {
+                        Ok(Some(observed)) => observed,
+                        _ => return Turn::saw(failure(error), Outputs::default()),
+                    },
+                    Err(wait) => return Turn::saw(failure(wait), Outputs::default()),
+                }
+            }
         };
         if let Some(conflict) = self.conflict(&observed) {
             return Turn::saw(conflict, observed.outputs);
         }
+        let resumed = observed.tags.get(OWNER_TAG).is_none() && id.kind.creates_untagged();
         let changes = drivers::diff(spec, tags, &observed);
         if changes.is_empty() {
             self.memory().applied(id, desired_json, false);
@@ -215,11 +311,21 @@ impl Step<'_> {
         let decision =
             self.memory()
                 .classify(id, &desired_json, &changes.diffs, now, self.writes());
+        // A dry run of a correcting pipeline says what apply will do; a report-only pipeline, or a
+        // correction held back after one that did not hold, differs and is left so.
+        if self.mode == Mode::DryRun && self.policy == DriftPolicy::Correct && !decision.hold {
+            return Turn::saw(Action::Update(changes.diffs), observed.outputs);
+        }
         if !self.writes() || decision.hold {
             return Turn::saw(Action::Hold(changes.diffs), observed.outputs);
         }
         match driver.update(&ctx, spec, tags, &observed, &changes).await {
             Ok(outputs) => {
+                if resumed {
+                    if let Err(e) = self.control.clear_intent(id).await {
+                        return Turn::saw(Action::Fail(e), observed.outputs);
+                    }
+                }
                 self.memory()
                     .corrected(id, desired_json, &changes.diffs, now);
                 let outputs = if outputs == Outputs::default() {
@@ -235,7 +341,8 @@ impl Step<'_> {
 
     async fn tear_down_with<D: Driver>(&self, driver: &D, spec: &D::Spec) -> Turn {
         let ctx = self.ctx();
-        let observed = match driver.observe(&ctx, spec).await {
+        let id = &self.resource.id;
+        let observed = match self.observe(driver, spec).await {
             Ok(Some(observed)) => observed,
             Ok(None) => return Turn::saw(Action::AlreadyGone, Outputs::default()),
             Err(e) if e.is_not_found() => {
@@ -244,17 +351,21 @@ impl Step<'_> {
             Err(e) => return Turn::saw(failure(e.into()), Outputs::default()),
         };
         if observed.owner() != Some(self.owner) {
-            let message = format!(
-                "{} is not owned by {}: not deleted",
-                self.resource.id, self.owner
-            );
+            let message = format!("{id} is not owned by {}: not deleted", self.owner);
             return Turn::saw(Action::Conflict(message), Outputs::default());
         }
         if self.mode == Mode::DryRun {
             return Turn::saw(Action::Delete, Outputs::default());
         }
         match driver.delete(&ctx, &observed).await {
-            Ok(()) => Turn::did(Action::Delete, Outputs::default()),
+            Ok(()) => {
+                if id.kind.creates_untagged() {
+                    if let Err(e) = self.control.clear_intent(id).await {
+                        return Turn::saw(Action::Fail(e), Outputs::default());
+                    }
+                }
+                Turn::did(Action::Delete, Outputs::default())
+            }
             Err(e) if e.is_not_found() => Turn::saw(Action::AlreadyGone, Outputs::default()),
             Err(e) => Turn::saw(failure(e.into()), Outputs::default()),
         }

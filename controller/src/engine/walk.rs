@@ -53,6 +53,7 @@ where
                         }),
                         applied: false,
                         outputs: Outputs::default(),
+                        remembered: false,
                         elapsed: Duration::ZERO,
                     });
                     progressed = true;
@@ -184,6 +185,7 @@ mod tests {
             action,
             applied,
             outputs: Outputs::default(),
+            remembered: false,
             elapsed: Duration::ZERO,
         }
     }

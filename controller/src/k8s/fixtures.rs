@@ -399,6 +399,7 @@ pub fn resource(kind: Kind, name: &str, action: Action, applied: bool) -> Resour
         action,
         applied,
         outputs: Outputs::default(),
+        remembered: false,
         elapsed: Duration::ZERO,
     }
 }

@@ -26,6 +26,13 @@ struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AwsErrorLabels {
+    service: String,
+    operation: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DriftLabels {
     resource_kind: String,
     field: String,
@@ -65,6 +72,7 @@ pub struct Metrics {
     errors: Family<KindLabel, Counter>,
     duration: Histogram,
     aws_calls: Family<CallLabels, Counter>,
+    aws_errors: Family<AwsErrorLabels, Counter>,
     drift: Family<DriftLabels, Counter>,
     pipelines: Family<PhaseLabel, Gauge>,
     phases: Arc<Mutex<HashMap<String, Phase>>>,
@@ -103,6 +111,12 @@ impl Metrics {
             "AWS API operations made, by service and operation",
             aws_calls.clone(),
         );
+        let aws_errors = Family::<AwsErrorLabels, Counter>::default();
+        registry.register(
+            "tap_aws_errors",
+            "Failed AWS attempts (retries included), by service, operation and AWS error code",
+            aws_errors.clone(),
+        );
         let drift = Family::<DriftLabels, Counter>::default();
         registry.register(
             "tap_drift_detected",
@@ -130,6 +144,7 @@ impl Metrics {
             errors,
             duration,
             aws_calls,
+            aws_errors,
             drift,
             pipelines,
             phases: Default::default(),
@@ -160,6 +175,17 @@ impl Metrics {
             .get_or_create(&CallLabels {
                 service: service.into(),
                 operation: operation.into(),
+            })
+            .inc();
+    }
+
+    /// The engine's error observer.
+    pub fn aws_error(&self, service: &str, operation: &str, code: &str) {
+        self.aws_errors
+            .get_or_create(&AwsErrorLabels {
+                service: service.into(),
+                operation: operation.into(),
+                code: code.into(),
             })
             .inc();
     }
@@ -210,6 +236,7 @@ mod tests {
         m.error(ErrorCategory::AwsTransient);
         m.aws_call("Lambda", "GetFunction");
         m.drift_detected("Function", "memoryMb");
+        m.aws_error("API Gateway", "GetRestApis", "TooManyRequestsException");
         m.set_phase("default/a", Some(Phase::Ready));
         let text = m.encode();
         for needle in [
@@ -217,6 +244,7 @@ mod tests {
             "tap_reconcile_errors_total{kind=\"aws_transient\"} 1",
             "tap_reconcile_duration_seconds_count 1",
             "tap_aws_calls_total{service=\"Lambda\",operation=\"GetFunction\"} 1",
+            "tap_aws_errors_total{service=\"API Gateway\",operation=\"GetRestApis\",code=\"TooManyRequestsException\"} 1",
             "tap_drift_detected_total{resource_kind=\"Function\",field=\"memoryMb\"} 1",
             "tap_pipelines{phase=\"Ready\"} 1",
             "# EOF",

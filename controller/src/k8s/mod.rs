@@ -107,8 +107,12 @@ pub async fn run(
         .context("connecting to the Kubernetes API")?;
     let metrics = Metrics::new();
     let observer = metrics.clone();
+    let errors = metrics.clone();
     let engine = Engine::new(sdk, config.concurrency, config.extra_tags.clone())
-        .with_call_observer(move |service, operation| observer.aws_call(service, operation));
+        .with_call_observer(move |service, operation| observer.aws_call(service, operation))
+        .with_error_observer(move |service, operation, code| {
+            errors.aws_error(service, operation, code)
+        });
     let listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
         .with_context(|| format!("binding {}", config.metrics_addr))?;

@@ -52,6 +52,7 @@ pub(super) fn rest_api(b: &mut Builder<'_>) {
                 "properties": {"csv": {"type": "string", "minLength": 1}}
             }),
         },
+        duplicates: vec![],
     };
     let stage = StageSpec {
         rest_api_name: rest_api.clone(),
@@ -70,6 +71,7 @@ pub(super) fn rest_api(b: &mut Builder<'_>) {
         quota_limit: settings.quota.limit,
         quota_period: settings.quota.period.as_str().into(),
         api_key_name: names::api_key(suffix),
+        duplicates: vec![],
     };
     let api_id = id(Kind::RestApi, &rest_api);
     let permission_id = id(
@@ -107,6 +109,7 @@ pub(super) fn rest_api(b: &mut Builder<'_>) {
         ResourceSpec::ApiKey(ApiKeySpec {
             description: format!("tap {suffix}: upload clients"),
             enabled: true,
+            duplicates: vec![],
         }),
     );
     b.add(

@@ -79,7 +79,7 @@ pub fn build_stack(spec: &TransactionPipelineSpec, env: &StackEnv) -> Stack {
     let suffix = spec.environment_suffix.as_str();
     let mut tags: Tags = env.extra_tags.clone();
     tags.extend(spec.tags.clone());
-    tags.insert(OWNER_TAG.into(), env.owner.clone());
+    tags.insert(OWNER_TAG.into(), super::names::owner_tag(&env.owner));
     tags.insert(SUFFIX_TAG.into(), suffix.into());
     let mut b = Builder {
         spec,

@@ -35,27 +35,51 @@ fn replace(path: &str, value: impl ToString) -> PatchOperation {
     patch(Op::Replace, path, Some(value.to_string()))
 }
 
-/// Of the same-named candidates, the one `owner` owns, else one owned by any pipeline, else the oldest:
-/// `observe` then reports it and the engine's ownership check decides (a foreign one is a Conflict).
+/// Of the same-named candidates, the one meant: the oldest `owner` owns, else the oldest owned by any
+/// pipeline, else the oldest (`observe` reports it and the engine's ownership check decides: a foreign
+/// one is a Conflict). When `owner` owns several (a create repeated after its answer was lost), the others
+/// are `copies`, to be deleted.
 fn pick<T>(
     mut candidates: Vec<T>,
     owner: &str,
     tags: impl Fn(&T) -> Option<&HashMap<String, String>>,
     created: impl Fn(&T) -> Option<(i64, u32)>,
-) -> Option<T> {
+) -> (Option<T>, Vec<T>) {
+    let owned_by = |c: &T| tags(c).and_then(|t| t.get(OWNER_TAG)).cloned();
     candidates.sort_by_key(|c| {
-        let rank = match tags(c).and_then(|t| t.get(OWNER_TAG)) {
+        let rank = match owned_by(c) {
             Some(o) if o == owner => 0,
             Some(_) => 1,
             None => 2,
         };
         (rank, created(c))
     });
-    candidates.into_iter().next()
+    let mut rest = candidates.into_iter();
+    let meant = rest.next();
+    let copies = match &meant {
+        Some(m) if owned_by(m).as_deref() == Some(owner) => rest
+            .filter(|c| owned_by(c).as_deref() == Some(owner))
+            .collect(),
+        _ => Vec::new(),
+    };
+    (meant, copies)
 }
 
-/// The REST API named `name` that `ctx.owner` owns (or, failing that, a same-named other one).
-async fn find_rest_api(ctx: &Ctx<'_>, name: &str) -> Result<Option<RestApi>, AwsError> {
+/// A create call API Gateway does not make idempotent (`CreateRestApi`, `CreateApiKey`,
+/// `CreateUsagePlan`, `CreateDeployment`) runs without the SDK's retries: a retry after an answer lost
+/// in transit would make a second one. After a failure whose outcome is unknown, the driver looks for
+/// what the call may have made before anything is repeated; copies that still appear are deleted.
+fn once() -> aws_sdk_apigateway::config::Builder {
+    aws_sdk_apigateway::config::Builder::default()
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+}
+
+/// The REST API named `name` that `ctx.owner` owns (or, failing that, a same-named other one), and the
+/// other copies it owns.
+async fn find_rest_apis(
+    ctx: &Ctx<'_>,
+    name: &str,
+) -> Result<(Option<RestApi>, Vec<RestApi>), AwsError> {
     let all = ctx
         .aws
         .apigateway
@@ -71,6 +95,11 @@ async fn find_rest_api(ctx: &Ctx<'_>, name: &str) -> Result<Option<RestApi>, Aws
     Ok(pick(named, ctx.owner, RestApi::tags, |a| {
         a.created_date().map(|d| (d.secs(), d.subsec_nanos()))
     }))
+}
+
+/// The REST API named `name` meant (see [`find_rest_apis`]).
+async fn find_rest_api(ctx: &Ctx<'_>, name: &str) -> Result<Option<RestApi>, AwsError> {
+    Ok(find_rest_apis(ctx, name).await?.0)
 }
 
 /// The id of REST API `name`: from the dependency's outputs, else looked up (teardown and dry runs walk
@@ -155,7 +184,9 @@ mod tests {
             ("ours", tagged(Some("ns/me")), 3),
         ];
         let pick_for = |owner: &str, list: Vec<Candidate>| {
-            pick(list, owner, |c| c.1.as_ref(), |c| Some((c.2, 0))).map(|c| c.0)
+            pick(list, owner, |c| c.1.as_ref(), |c| Some((c.2, 0)))
+                .0
+                .map(|c| c.0)
         };
         assert_eq!(pick_for("ns/me", candidates.clone()), Some("ours"));
         assert_eq!(
@@ -165,6 +196,22 @@ mod tests {
         assert_eq!(
             pick_for("ns/me", vec![("b", None, 5), ("a", None, 4)]),
             Some("a")
+        );
+        let (meant, copies) = pick(
+            vec![
+                ("newer", tagged(Some("ns/me")), 9),
+                ("foreign", None, 1),
+                ("older", tagged(Some("ns/me")), 3),
+            ],
+            "ns/me",
+            |c| c.1.as_ref(),
+            |c| Some((c.2, 0)),
+        );
+        assert_eq!(meant.map(|c| c.0), Some("older"), "the oldest copy stays");
+        assert_eq!(
+            copies.iter().map(|c| c.0).collect::<Vec<_>>(),
+            ["newer"],
+            "only our own copies are extra, never the foreign one"
         );
     }
 }

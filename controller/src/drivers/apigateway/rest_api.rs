@@ -8,10 +8,12 @@ use aws_sdk_apigateway::types::{EndpointConfiguration, EndpointType, Integration
 use serde_json::Value;
 
 use crate::aws::{AwsError, Optional, ResultExt};
-use crate::desired::{ApiIntegration, ApiMethod, ApiModel, RequestValidator, RestApiSpec, Tags};
+use crate::desired::{
+    ApiIntegration, ApiMethod, ApiModel, RequestValidator, RestApiSpec, Tags, OWNER_TAG,
+};
 
 use super::super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs};
-use super::{find_rest_api, patch, replace, Tagging};
+use super::{find_rest_apis, once, patch, replace, Tagging};
 
 pub struct RestApis;
 
@@ -45,6 +47,18 @@ impl RestApis {
             id: Some(api_id.to_string()),
             ..Default::default()
         }
+    }
+
+    async fn delete_api(ctx: &Ctx<'_>, api_id: &str) -> Result<(), AwsError> {
+        ctx.aws
+            .apigateway
+            .delete_rest_api()
+            .rest_api_id(api_id)
+            .send()
+            .await
+            .context(ctx.id, "apigateway:DeleteRestApi")
+            .optional()?;
+        Ok(())
     }
 
     /// The resource ids of the root and of `path` (when it exists).
@@ -423,7 +437,7 @@ impl Driver for RestApis {
         ctx: &Ctx<'_>,
         desired: &RestApiSpec,
     ) -> Result<Option<Observed<RestApiSpec>>, AwsError> {
-        let Some(api) = find_rest_api(ctx, ctx.name()).await? else {
+        let (Some(api), copies) = find_rest_apis(ctx, ctx.name()).await? else {
             return Ok(None);
         };
         let api_id = api
@@ -459,6 +473,10 @@ impl Driver for RestApis {
             integration,
             validator,
             model,
+            duplicates: copies
+                .iter()
+                .filter_map(|c| c.id().map(str::to_string))
+                .collect(),
         };
         Ok(Some(Observed::new(
             spec,
@@ -473,7 +491,7 @@ impl Driver for RestApis {
         desired: &RestApiSpec,
         tags: &Tags,
     ) -> Result<Outputs, DriverError> {
-        let api = ctx
+        let created = ctx
             .aws
             .apigateway
             .create_rest_api()
@@ -485,19 +503,35 @@ impl Driver for RestApis {
                     .build(),
             )
             .set_tags(Some(tags.clone().into_iter().collect()))
+            .customize()
+            .config_override(once())
             .send()
             .await
-            .context(ctx.id, "apigateway:CreateRestApi")?;
-        let api_id = api
-            .id()
-            .ok_or_else(|| {
-                AwsError::terminal(
-                    ctx.id,
-                    "apigateway:CreateRestApi",
-                    "no API id in the answer",
-                )
-            })?
-            .to_string();
+            .context(ctx.id, "apigateway:CreateRestApi");
+        let api_id = match created {
+            Ok(api) => api.id().map(str::to_string),
+            // The answer was lost, not necessarily the API: one of ours under the name is the one made.
+            Err(e) if e.outcome_unknown() => match find_rest_apis(ctx, ctx.name()).await?.0 {
+                Some(api)
+                    if api
+                        .tags()
+                        .and_then(|t| t.get(OWNER_TAG))
+                        .map(String::as_str)
+                        == Some(ctx.owner) =>
+                {
+                    api.id().map(str::to_string)
+                }
+                _ => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        }
+        .ok_or_else(|| {
+            AwsError::terminal(
+                ctx.id,
+                "apigateway:CreateRestApi",
+                "no API id in the answer",
+            )
+        })?;
         // The model must exist before a method names it.
         Self::create_model(ctx, &api_id, &desired.model).await?;
         Self::converge_method(ctx, &api_id, desired, None).await?;
@@ -547,6 +581,10 @@ impl Driver for RestApis {
             let arn = observed.outputs.arn.clone().unwrap_or_default();
             sync_tags(&Tagging, ctx, &arn, tags, &observed.tags).await?;
         }
+        for copy in &observed.spec.duplicates {
+            tracing::warn!(resource = %ctx.id, copy = %copy, "deleting a copy of the REST API made by a repeated create");
+            Self::delete_api(ctx, copy).await?;
+        }
         Ok(Self::outputs(ctx, &api_id))
     }
 
@@ -555,15 +593,9 @@ impl Driver for RestApis {
         ctx: &Ctx<'_>,
         observed: &Observed<RestApiSpec>,
     ) -> Result<(), AwsError> {
-        let api_id = observed.id(ctx)?;
-        ctx.aws
-            .apigateway
-            .delete_rest_api()
-            .rest_api_id(api_id)
-            .send()
-            .await
-            .context(ctx.id, "apigateway:DeleteRestApi")
-            .optional()?;
-        Ok(())
+        for copy in &observed.spec.duplicates {
+            Self::delete_api(ctx, copy).await?;
+        }
+        Self::delete_api(ctx, &observed.id(ctx)?).await
     }
 }

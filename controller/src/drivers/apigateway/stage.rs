@@ -72,6 +72,8 @@ impl Stages {
             .create_deployment()
             .rest_api_id(api_id)
             .description(description)
+            .customize()
+            .config_override(super::once())
             .send()
             .await
             .context(ctx.id, "apigateway:CreateDeployment")?;

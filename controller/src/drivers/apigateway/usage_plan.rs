@@ -8,10 +8,10 @@ use aws_sdk_apigateway::types::{
 };
 
 use crate::aws::{AwsError, Optional, ResultExt};
-use crate::desired::{Kind, Tags, UsagePlanSpec};
+use crate::desired::{Kind, Tags, UsagePlanSpec, OWNER_TAG};
 
 use super::super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs};
-use super::{patch, pick, replace, require_rest_api_id, rest_api_id, Tagging};
+use super::{once, patch, pick, replace, require_rest_api_id, rest_api_id, Tagging};
 
 pub struct UsagePlans;
 
@@ -24,7 +24,56 @@ impl UsagePlans {
         }
     }
 
-    async fn find_plan(ctx: &Ctx<'_>) -> Result<Option<UsagePlan>, AwsError> {
+    /// Detaches the plan's stages (AWS refuses to delete a plan still associated with them), then deletes it.
+    async fn delete_plan(ctx: &Ctx<'_>, plan_id: &str) -> Result<(), AwsError> {
+        // AWS refuses to delete a plan still associated with API stages: detach them first.
+        let Some(plan) = ctx
+            .aws
+            .apigateway
+            .get_usage_plan()
+            .usage_plan_id(plan_id)
+            .send()
+            .await
+            .context(ctx.id, "apigateway:GetUsagePlan")
+            .optional()?
+        else {
+            return Ok(());
+        };
+        let ops: Vec<_> = plan
+            .api_stages()
+            .iter()
+            .map(|s| {
+                let stage = Self::stage_key(
+                    s.api_id().unwrap_or_default(),
+                    s.stage().unwrap_or_default(),
+                );
+                patch(Op::Remove, "/apiStages", Some(stage))
+            })
+            .collect();
+        if !ops.is_empty() {
+            ctx.aws
+                .apigateway
+                .update_usage_plan()
+                .usage_plan_id(plan_id)
+                .set_patch_operations(Some(ops))
+                .send()
+                .await
+                .context(ctx.id, "apigateway:UpdateUsagePlan")
+                .optional()?;
+        }
+        ctx.aws
+            .apigateway
+            .delete_usage_plan()
+            .usage_plan_id(plan_id)
+            .send()
+            .await
+            .context(ctx.id, "apigateway:DeleteUsagePlan")
+            .optional()?;
+        Ok(())
+    }
+
+    /// The plan named like the resource that this pipeline owns (see [`pick`]), and its other copies.
+    async fn find_plans(ctx: &Ctx<'_>) -> Result<(Option<UsagePlan>, Vec<UsagePlan>), AwsError> {
         let all = ctx
             .aws
             .apigateway
@@ -108,7 +157,7 @@ impl Driver for UsagePlans {
         ctx: &Ctx<'_>,
         desired: &UsagePlanSpec,
     ) -> Result<Option<Observed<UsagePlanSpec>>, AwsError> {
-        let Some(plan) = Self::find_plan(ctx).await? else {
+        let (Some(plan), copies) = Self::find_plans(ctx).await? else {
             return Ok(None);
         };
         let plan_id = plan.id().unwrap_or_default().to_string();
@@ -155,6 +204,10 @@ impl Driver for UsagePlans {
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_default(),
             api_key_name,
+            duplicates: copies
+                .iter()
+                .filter_map(|p| p.id().map(str::to_string))
+                .collect(),
         };
         Ok(Some(Observed::new(
             spec,
@@ -196,10 +249,29 @@ impl Driver for UsagePlans {
                     .build(),
             )
             .set_tags(Some(tags.clone().into_iter().collect::<HashMap<_, _>>()))
+            .customize()
+            .config_override(once())
             .send()
             .await
-            .context(ctx.id, "apigateway:CreateUsagePlan")?;
-        let plan_id = plan.id().map(str::to_string).ok_or_else(|| {
+            .context(ctx.id, "apigateway:CreateUsagePlan");
+        let plan_id = match plan {
+            Ok(plan) => plan.id().map(str::to_string),
+            // The answer was lost, not necessarily the plan: one of ours under the name is the one made.
+            Err(e) if e.outcome_unknown() => match Self::find_plans(ctx).await?.0 {
+                Some(plan)
+                    if plan
+                        .tags()
+                        .and_then(|t| t.get(OWNER_TAG))
+                        .map(String::as_str)
+                        == Some(ctx.owner) =>
+                {
+                    plan.id().map(str::to_string)
+                }
+                _ => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        }
+        .ok_or_else(|| {
             AwsError::terminal(
                 ctx.id,
                 "apigateway:CreateUsagePlan",
@@ -297,6 +369,10 @@ impl Driver for UsagePlans {
             let arn = observed.outputs.arn.clone().unwrap_or_default();
             sync_tags(&Tagging, ctx, &arn, tags, &observed.tags).await?;
         }
+        for copy in &observed.spec.duplicates {
+            tracing::warn!(resource = %ctx.id, copy = %copy, "deleting a copy of the usage plan made by a repeated create");
+            Self::delete_plan(ctx, copy).await?;
+        }
         Ok(observed.outputs.clone())
     }
 
@@ -305,50 +381,9 @@ impl Driver for UsagePlans {
         ctx: &Ctx<'_>,
         observed: &Observed<UsagePlanSpec>,
     ) -> Result<(), AwsError> {
-        let plan_id = observed.id(ctx)?;
-        // AWS refuses to delete a plan still associated with API stages: detach them first.
-        let Some(plan) = ctx
-            .aws
-            .apigateway
-            .get_usage_plan()
-            .usage_plan_id(&plan_id)
-            .send()
-            .await
-            .context(ctx.id, "apigateway:GetUsagePlan")
-            .optional()?
-        else {
-            return Ok(());
-        };
-        let ops: Vec<_> = plan
-            .api_stages()
-            .iter()
-            .map(|s| {
-                let stage = Self::stage_key(
-                    s.api_id().unwrap_or_default(),
-                    s.stage().unwrap_or_default(),
-                );
-                patch(Op::Remove, "/apiStages", Some(stage))
-            })
-            .collect();
-        if !ops.is_empty() {
-            ctx.aws
-                .apigateway
-                .update_usage_plan()
-                .usage_plan_id(&plan_id)
-                .set_patch_operations(Some(ops))
-                .send()
-                .await
-                .context(ctx.id, "apigateway:UpdateUsagePlan")
-                .optional()?;
+        for copy in &observed.spec.duplicates {
+            Self::delete_plan(ctx, copy).await?;
         }
-        ctx.aws
-            .apigateway
-            .delete_usage_plan()
-            .usage_plan_id(&plan_id)
-            .send()
-            .await
-            .context(ctx.id, "apigateway:DeleteUsagePlan")
-            .optional()?;
-        Ok(())
+        Self::delete_plan(ctx, &observed.id(ctx)?).await
     }
 }

@@ -1,0 +1,264 @@
+//! The stack's control table `tap-<suffix>-control` (DynamoDB, tagged like the stack, created on the
+//! first write that needs it, deleted by the teardown that leaves nothing else): where a writer records
+//! what it is about to do that AWS cannot make atomic, so that a writer that crashed can be resumed by
+//! any other — the CLI on a laptop and the controller in a cluster alike, with nothing kept locally.
+//!
+//! An *intent* is recorded before creating a resource whose create call cannot carry tags (an S3
+//! bucket: `CreateBucket`, then `PutBucketTagging`). A resource found under our name without our tags is
+//! ours only when such an intent, written by this pipeline, names it; it is cleared once the resource
+//! carries its tags. Anything else under our name stays someone else's.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::client::Waiters;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, Tag,
+};
+use tokio::sync::OnceCell;
+
+use crate::aws::{Aws, AwsError, Optional, ResultExt};
+use crate::desired::{names, ResourceId, Tags, OWNER_TAG};
+use crate::drivers::waited;
+
+/// How long a new control table may take to become ACTIVE.
+const ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The control table of one stack, for one walk.
+pub struct Control {
+    aws: Aws,
+    table: String,
+    id: ResourceId,
+    owner: String,
+    tags: Tags,
+    ready: OnceCell<()>,
+}
+
+/// What a writer recorded before a create it cannot make atomic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    /// The owner tag value of the pipeline that recorded it.
+    pub owner: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+fn key(id: &ResourceId) -> HashMap<String, AttributeValue> {
+    HashMap::from([(
+        "pk".to_string(),
+        AttributeValue::S(format!("intent/{}/{}", id.kind, id.name)),
+    )])
+}
+
+impl Control {
+    pub fn new(aws: Aws, suffix: &str, owner: &str, tags: Tags) -> Self {
+        let table = names::control_table(suffix);
+        Self {
+            id: ResourceId::new(crate::desired::Kind::Table, &table),
+            aws,
+            table,
+            owner: owner.to_string(),
+            tags,
+            ready: OnceCell::new(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Creates the table when it is missing (tags in the same call: it is ours from its first moment);
+    /// refuses one this pipeline does not own. Once per walk.
+    pub async fn ensure(&self) -> Result<(), AwsError> {
+        self.ready
+            .get_or_try_init(|| async {
+                let dynamodb = &self.aws.dynamodb;
+                let existing = dynamodb
+                    .describe_table()
+                    .table_name(&self.table)
+                    .send()
+                    .await
+                    .context(&self.id, "dynamodb:DescribeTable")
+                    .optional()?
+                    .and_then(|out| out.table);
+                match existing {
+                    Some(table) => {
+                        let tags = dynamodb
+                            .list_tags_of_resource()
+                            .resource_arn(table.table_arn().unwrap_or_default())
+                            .send()
+                            .await
+                            .context(&self.id, "dynamodb:ListTagsOfResource")?;
+                        let owner = tags
+                            .tags()
+                            .iter()
+                            .find(|t| t.key() == OWNER_TAG)
+                            .map(|t| t.value().to_string());
+                        if owner.as_deref() != Some(self.owner.as_str()) {
+                            return Err(AwsError::terminal(
+                                &self.id,
+                                "dynamodb:DescribeTable",
+                                format!(
+                                    "the stack's control table exists but is {}: this pipeline writes nothing",
+                                    owner.map(|o| format!("owned by {o}")).unwrap_or_else(|| "not tagged by tap-controller".into())
+                                ),
+                            ));
+                        }
+                    }
+                    None => {
+                        let tags = self
+                            .tags
+                            .iter()
+                            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| AwsError::terminal(&self.id, "dynamodb:CreateTable", e.to_string()))?;
+                        let created = dynamodb
+                            .create_table()
+                            .table_name(&self.table)
+                            .billing_mode(BillingMode::PayPerRequest)
+                            .attribute_definitions(
+                                AttributeDefinition::builder()
+                                    .attribute_name("pk")
+                                    .attribute_type(ScalarAttributeType::S)
+                                    .build()
+                                    .expect("name and type set"),
+                            )
+                            .key_schema(
+                                KeySchemaElement::builder()
+                                    .attribute_name("pk")
+                                    .key_type(KeyType::Hash)
+                                    .build()
+                                    .expect("name and type set"),
+                            )
+                            .set_tags(Some(tags))
+                            .send()
+                            .await
+                            .context(&self.id, "dynamodb:CreateTable");
+                        // Another writer of this pipeline made it meanwhile: the same table.
+                        if let Err(e) = created {
+                            if e.code.as_deref() != Some("ResourceInUseException") {
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                waited(
+                    dynamodb
+                        .wait_until_table_exists()
+                        .table_name(&self.table)
+                        .wait(ACTIVE_TIMEOUT)
+                        .await,
+                    &self.id,
+                    "dynamodb:DescribeTable",
+                    ACTIVE_TIMEOUT,
+                    |_| "the control table cannot become ACTIVE".into(),
+                )
+            })
+            .await
+            .copied()
+    }
+
+    /// Records that this pipeline is about to create `id`.
+    pub async fn record_intent(&self, id: &ResourceId) -> Result<(), AwsError> {
+        self.ensure().await?;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.aws
+            .dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(
+                key(id)
+                    .into_iter()
+                    .chain([
+                        ("owner".to_string(), AttributeValue::S(self.owner.clone())),
+                        ("at".to_string(), AttributeValue::S(now)),
+                    ])
+                    .collect(),
+            ))
+            .send()
+            .await
+            .context(id, "dynamodb:PutItem")?;
+        Ok(())
+    }
+
+    /// The intent recorded for `id`, if any (none when there is no control table).
+    pub async fn intent(&self, id: &ResourceId) -> Result<Option<Intent>, AwsError> {
+        let found = self
+            .aws
+            .dynamodb
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .context(id, "dynamodb:GetItem")
+            .optional()?;
+        let text = |item: &HashMap<String, AttributeValue>, name: &str| {
+            item.get(name)
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default()
+        };
+        Ok(found.and_then(|out| out.item).map(|item| Intent {
+            owner: text(&item, "owner"),
+            at: text(&item, "at"),
+        }))
+    }
+
+    /// Clears the intent of `id` (the resource carries its tags now, or is gone).
+    pub async fn clear_intent(&self, id: &ResourceId) -> Result<(), AwsError> {
+        self.aws
+            .dynamodb
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(id)))
+            .send()
+            .await
+            .context(id, "dynamodb:DeleteItem")
+            .optional()?;
+        Ok(())
+    }
+
+    /// Deletes the table (the teardown left nothing else), if it exists and is ours.
+    pub async fn remove(&self) -> Result<bool, AwsError> {
+        let Some(table) = self
+            .aws
+            .dynamodb
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .context(&self.id, "dynamodb:DescribeTable")
+            .optional()?
+            .and_then(|out| out.table)
+        else {
+            return Ok(false);
+        };
+        let tags = self
+            .aws
+            .dynamodb
+            .list_tags_of_resource()
+            .resource_arn(table.table_arn().unwrap_or_default())
+            .send()
+            .await
+            .context(&self.id, "dynamodb:ListTagsOfResource")?;
+        if !tags
+            .tags()
+            .iter()
+            .any(|t| t.key() == OWNER_TAG && t.value() == self.owner)
+        {
+            return Ok(false);
+        }
+        self.aws
+            .dynamodb
+            .delete_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .context(&self.id, "dynamodb:DeleteTable")
+            .optional()?;
+        Ok(true)
+    }
+}
