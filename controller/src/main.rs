@@ -18,6 +18,20 @@ fn init_tracing(args: &LogArgs) {
     }
 }
 
+/// `name` parsed from the environment, `default` when unset; a value that does not parse is fatal.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|e| {
+            eprintln!("error: {name}={v:?}: {e}");
+            std::process::exit(2)
+        }),
+        _ => default,
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     #[cfg(feature = "dhat-heap")]
@@ -48,6 +62,16 @@ async fn main() -> anyhow::Result<()> {
                 lease_duration_seconds: args.lease_duration_seconds,
                 shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_seconds),
                 extra_tags: args.extra_tags,
+                // Environment only until `run` has flags for them (cli.rs is being reworked).
+                max_concurrent_reconciles: env_or(
+                    "TAP_MAX_CONCURRENT_RECONCILES",
+                    tap_controller::k8s::DEFAULT_MAX_CONCURRENT_RECONCILES,
+                ),
+                resync_jitter: env_or(
+                    "TAP_RESYNC_JITTER",
+                    tap_controller::k8s::DEFAULT_RESYNC_JITTER,
+                ),
+                aws_rate_limits: env_or("TAP_AWS_RATE_LIMITS", Default::default()),
             };
             // First, so that a signal during start-up is a shutdown too (not the default: death).
             let shutdown =
