@@ -106,10 +106,8 @@ mod bench {
         let mut explicit_latency = false;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .with_context(|| format!("{name} needs a value"))
-            };
+            let mut value =
+                |name: &str| args.next().with_context(|| format!("{name} needs a value"));
             match arg.as_str() {
                 "--quick" => o.quick = true,
                 "--pipelines" => {
@@ -176,11 +174,20 @@ mod bench {
         let exe = stdout
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tap-controller")
+            .filter(|m| {
+                m["reason"] == "compiler-artifact" && m["target"]["name"] == "tap-controller"
+            })
             .find_map(|m| m["executable"].as_str().map(PathBuf::from))
             .context("cargo reported no tap-controller executable")?;
-        eprintln!("  {} ({:.0} s)", exe.display(), started.elapsed().as_secs_f64());
-        Ok((exe, "release (cargo build --release -p tap-controller)".into()))
+        eprintln!(
+            "  {} ({:.0} s)",
+            exe.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok((
+            exe,
+            "release (cargo build --release -p tap-controller)".into(),
+        ))
     }
 
     // ---------------------------------------------------------------- Kubernetes side
@@ -683,9 +690,7 @@ mod bench {
             pipelines,
             latency_ms,
             concurrency,
-            resources_per_pipeline: offline_stack(&spec_yaml("x1"))
-                .resources
-                .len(),
+            resources_per_pipeline: offline_stack(&spec_yaml("x1")).resources.len(),
             controller_ready_seconds: controller_ready.as_secs_f64(),
             create: None,
             resync: None,
@@ -720,18 +725,20 @@ mod bench {
                 .push(format!("{ready} of {pipelines} Ready after {timeout:?}"));
         }
         let seen = tracker.snapshot();
-        let end = seen.values().filter_map(|s| s.ready).max().unwrap_or(start.at);
+        let end = seen
+            .values()
+            .filter_map(|s| s.ready)
+            .max()
+            .unwrap_or(start.at);
         let per: Vec<f64> = seen
             .values()
             .filter_map(|s| Some((s.ready? - s.created?).as_secs_f64()))
             .collect();
-        if let Err(e) = controller
-            .wait_reconciled(0, Duration::from_secs(60))
-            .await
-        {
+        if let Err(e) = controller.wait_reconciled(0, Duration::from_secs(60)).await {
             result.errors.push(format!("after Ready: {e}"));
         }
-        let create = phase_end(&start, end, per, ready, &controller, &procs, &tap, &sampler).await?;
+        let create =
+            phase_end(&start, end, per, ready, &controller, &procs, &tap, &sampler).await?;
         eprintln!(
             "   all Ready in {:.1} s ({} calls per pipeline; controller {:.1} s CPU, moto {:.1} s)",
             create.wall_seconds,
@@ -749,7 +756,9 @@ mod bench {
                 api.patch(
                     name,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"finalizers": [FINALIZER, BENCH_FINALIZER]}})),
+                    &Patch::Merge(
+                        json!({"metadata": {"finalizers": [FINALIZER, BENCH_FINALIZER]}}),
+                    ),
                 )
                 .await
                 .with_context(|| format!("adding the bench finalizer to {name}"))?;
@@ -762,9 +771,17 @@ mod bench {
                     0
                 }
             };
-            let resync =
-                phase_end(&start, Instant::now(), Vec::new(), done, &controller, &procs, &tap, &sampler)
-                    .await?;
+            let resync = phase_end(
+                &start,
+                Instant::now(),
+                Vec::new(),
+                done,
+                &controller,
+                &procs,
+                &tap,
+                &sampler,
+            )
+            .await?;
             eprintln!(
                 "   resync of all in {:.1} s: {} reads, {} writes",
                 resync.wall_seconds, resync.reads, resync.writes
@@ -800,14 +817,20 @@ mod bench {
                 .values()
                 .filter_map(|s| Some((s.released? - s.delete_requested?).as_secs_f64()))
                 .collect();
-            if let Err(e) = controller
-                .wait_reconciled(0, Duration::from_secs(60))
-                .await
-            {
+            if let Err(e) = controller.wait_reconciled(0, Duration::from_secs(60)).await {
                 result.errors.push(format!("after teardown: {e}"));
             }
-            let teardown =
-                phase_end(&start, end, per, released, &controller, &procs, &tap, &sampler).await?;
+            let teardown = phase_end(
+                &start,
+                end,
+                per,
+                released,
+                &controller,
+                &procs,
+                &tap,
+                &sampler,
+            )
+            .await?;
             eprintln!(
                 "   torn down in {:.1} s ({} calls per pipeline)",
                 teardown.wall_seconds,
@@ -887,7 +910,12 @@ mod bench {
 
         fn finished(&self, report: &ResourceReport) {
             let now = self.counter.get().map(CallCounter::total).unwrap_or(0);
-            let before = self.started.lock().unwrap().remove(&report.id).unwrap_or(now);
+            let before = self
+                .started
+                .lock()
+                .unwrap()
+                .remove(&report.id)
+                .unwrap_or(now);
             self.done
                 .lock()
                 .unwrap()
@@ -931,7 +959,11 @@ mod bench {
         concurrency: usize,
         progress: Arc<PerResource>,
     ) -> anyhow::Result<Walk> {
-        let sdk = moto.sdk_config().to_builder().endpoint_url(endpoint).build();
+        let sdk = moto
+            .sdk_config()
+            .to_builder()
+            .endpoint_url(endpoint)
+            .build();
         let engine = Engine::new(sdk, concurrency, BTreeMap::new()).with_progress(progress.clone());
         let aws = engine.aws(None).await?;
         let _ = progress.counter.set(aws.calls.clone());
@@ -962,8 +994,14 @@ mod bench {
         })
     }
 
-    async fn single_stack(env: &Env, latency_ms: u64, concurrency: usize) -> anyhow::Result<SingleStack> {
-        eprintln!("== one fresh stack, +{latency_ms} ms per call: the engine in-process, critical path");
+    async fn single_stack(
+        env: &Env,
+        latency_ms: u64,
+        concurrency: usize,
+    ) -> anyhow::Result<SingleStack> {
+        eprintln!(
+            "== one fresh stack, +{latency_ms} ms per call: the engine in-process, critical path"
+        );
         let moto = Emulator::start_kind(EmulatorKind::Moto).await?;
         let latency = LatencyProxy::start(&moto.endpoint, latency_ms).await?;
         let tap = AwsTap::start(
@@ -1014,12 +1052,7 @@ mod bench {
             critical_path_round_trips: round_trips as u64,
             critical_path: chain
                 .iter()
-                .map(|id| {
-                    format!(
-                        "{id} ({})",
-                        done.get(id).map(|d| d.0).unwrap_or(0)
-                    )
-                })
+                .map(|id| format!("{id} ({})", done.get(id).map(|d| d.0).unwrap_or(0)))
                 .collect(),
             critical_path_seconds,
             mean_call_ms,
@@ -1116,7 +1149,10 @@ mod bench {
             }),
             create.map(|c| c.wall_seconds <= 1.3 * c.cpu.moto),
         );
-        let slow = report.latency_fleet.as_ref().and_then(|f| f.create.as_ref());
+        let slow = report
+            .latency_fleet
+            .as_ref()
+            .and_then(|f| f.create.as_ref());
         add(
             "100 pipelines, +40 ms per call: all Ready < 90 s",
             slow.map(|c| format!("{:.1} s", c.wall_seconds)),
@@ -1196,7 +1232,9 @@ mod bench {
                 format!(
                     "{:.2} s (engine walk alone {:.2} s)",
                     c.wall_seconds,
-                    single.map(|s| s.engine_graph.wall_seconds).unwrap_or(f64::NAN)
+                    single
+                        .map(|s| s.engine_graph.wall_seconds)
+                        .unwrap_or(f64::NAN)
                 )
             }),
             graph_ready.map(|c| c.done == 1 && c.wall_seconds < 1.2),
@@ -1281,7 +1319,10 @@ mod bench {
             s.push_str(&l);
             s.push('\n');
         };
-        line(format!("## Scale benchmark ({}, {} cores)\n", r.started, r.cores));
+        line(format!(
+            "## Scale benchmark ({}, {} cores)\n",
+            r.started, r.cores
+        ));
         line(format!(
             "Kubernetes API: {}. Controller: `{}` ({}){}. AWS: moto {} on loopback, each scenario on a fresh moto; \
              the recording proxy pushes the images as each repository is created. Run took {:.0} s.\n",
@@ -1307,7 +1348,12 @@ mod bench {
         line("| target | measured | |".into());
         line("|---|---|---|".into());
         for t in &r.targets {
-            line(format!("| {} | {} | {} |", t.target, t.measured, mark(t.met)));
+            line(format!(
+                "| {} | {} | {} |",
+                t.target,
+                t.measured,
+                mark(t.met)
+            ));
         }
         line(String::new());
         line("### Create → all Ready\n".into());
@@ -1407,8 +1453,14 @@ mod bench {
             line("| run | wall | AWS calls | walks |".into());
             line("|---|---:|---:|---:|".into());
             for (name, f) in [
-                ("controller, graph executor: create → Ready", &single.binary_graph),
-                ("controller, concurrency 1: create → Ready", &single.binary_sequential),
+                (
+                    "controller, graph executor: create → Ready",
+                    &single.binary_graph,
+                ),
+                (
+                    "controller, concurrency 1: create → Ready",
+                    &single.binary_sequential,
+                ),
             ] {
                 if let Some(c) = f.as_ref().and_then(|f| f.create.as_ref()) {
                     line(format!(
@@ -1422,7 +1474,10 @@ mod bench {
             }
             for (name, w) in [
                 ("engine in-process, graph executor", &single.engine_graph),
-                ("engine in-process, concurrency 1", &single.engine_sequential),
+                (
+                    "engine in-process, concurrency 1",
+                    &single.engine_sequential,
+                ),
             ] {
                 line(format!(
                     "| {name} (concurrency {}) | {:.2} s | {} | {} |",
@@ -1495,12 +1550,14 @@ mod bench {
     }
 
     fn moto_version() -> String {
-        std::process::Command::new(std::env::var("TAP_MOTO_PYTHON").unwrap_or_else(|_| "python3".into()))
-            .args(["-c", "import moto; print(moto.__version__)"])
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_else(|| "?".into())
+        std::process::Command::new(
+            std::env::var("TAP_MOTO_PYTHON").unwrap_or_else(|_| "python3".into()),
+        )
+        .args(["-c", "import moto; print(moto.__version__)"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
     }
 
     pub async fn run() -> anyhow::Result<()> {
@@ -1509,8 +1566,10 @@ mod bench {
         let started = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
         let kubernetes = match real_kubeconfig() {
             Some(k) => format!("the cluster KUBECONFIG names ({})", k.display()),
-            None => "mocked (tap_controller::k8s::fake_api over HTTP on loopback, one per scenario)"
-                .to_string(),
+            None => {
+                "mocked (tap_controller::k8s::fake_api over HTTP on loopback, one per scenario)"
+                    .to_string()
+            }
         };
         eprintln!("Kubernetes API: {kubernetes}");
         let dir = options
@@ -1540,7 +1599,17 @@ mod bench {
         }
         let latency_fleet = if options.latency_pipelines > 0 {
             let n = options.latency_pipelines;
-            Some(fleet(&env, &format!("fleet-{n}-40ms"), n, 40, options.concurrency, false).await?)
+            Some(
+                fleet(
+                    &env,
+                    &format!("fleet-{n}-40ms"),
+                    n,
+                    40,
+                    options.concurrency,
+                    false,
+                )
+                .await?,
+            )
         } else {
             None
         };

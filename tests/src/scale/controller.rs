@@ -66,7 +66,9 @@ impl MetricsSnapshot {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A plain HTTP/1.1 GET; returns (status, body).
@@ -231,7 +233,10 @@ impl ControllerProcess {
     /// The log's JSON lines between two marks (`None`: to the end).
     pub fn log_lines(&self, from: u64, to: Option<u64>) -> Vec<serde_json::Value> {
         let bytes = std::fs::read(&self.log).unwrap_or_default();
-        let to = to.map(|t| t as usize).unwrap_or(bytes.len()).min(bytes.len());
+        let to = to
+            .map(|t| t as usize)
+            .unwrap_or(bytes.len())
+            .min(bytes.len());
         let from = (from as usize).min(to);
         String::from_utf8_lossy(&bytes[from..to])
             .lines()
@@ -282,6 +287,9 @@ mod tests {
         assert_eq!(m.reconciles_finished, 6);
         assert!(!m.idle());
         assert_eq!(m.reconcile_errors, 2);
-        assert_eq!(m.calls[&("Lambda".to_string(), "GetFunction".to_string())], 12);
+        assert_eq!(
+            m.calls[&("Lambda".to_string(), "GetFunction".to_string())],
+            12
+        );
     }
 }

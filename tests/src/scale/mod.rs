@@ -40,7 +40,9 @@ impl LatencyProxy {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .map_err(|e| anyhow::anyhow!("starting microburst (scripts/setup.sh installs it): {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("starting microburst (scripts/setup.sh installs it): {e}")
+            })?;
         let mut proxy = LatencyProxy {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -74,10 +76,7 @@ impl Drop for LatencyProxy {
 
 /// The longest dependency chain of `stack`, each resource weighted by `weight` (e.g. the AWS round
 /// trips its driver made): (total weight, the chain from its first resource to its last).
-pub fn critical_path(
-    stack: &Stack,
-    weight: impl Fn(&ResourceId) -> f64,
-) -> (f64, Vec<ResourceId>) {
+pub fn critical_path(stack: &Stack, weight: impl Fn(&ResourceId) -> f64) -> (f64, Vec<ResourceId>) {
     let index: HashMap<&ResourceId, usize> = stack
         .resources
         .iter()
@@ -170,7 +169,12 @@ mod tests {
         assert_eq!(length as usize, chain.len());
         for pair in chain.windows(2) {
             let later = stack.get(&pair[1]).unwrap();
-            assert!(later.depends_on.contains(&pair[0]), "{} → {}", pair[0], pair[1]);
+            assert!(
+                later.depends_on.contains(&pair[0]),
+                "{} → {}",
+                pair[0],
+                pair[1]
+            );
         }
         // Weighting one resource heavily puts it on the path.
         let heavy = stack

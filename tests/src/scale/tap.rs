@@ -171,10 +171,13 @@ fn attempt(headers: &HeaderMap) -> u32 {
 /// A path segment that names or identifies one resource (kept out of the operation's name).
 fn is_identifier(segment: &str) -> bool {
     let version = segment.len() == 10
-        && segment
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+        && segment.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
     !version && (segment.contains("tap-") || segment.bytes().any(|b| b.is_ascii_digit()))
 }
 
@@ -263,7 +266,11 @@ async fn forward(State(s): State<Shared>, request: Request) -> Response {
     let target = format!(
         "{}{}",
         s.upstream,
-        parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
     );
     let mut upstream = axum::http::Request::builder()
         .method(parts.method.clone())
@@ -288,7 +295,17 @@ async fn forward(State(s): State<Shared>, request: Request) -> Response {
             }
         }
         Err(e) => {
-            record(&s, arrived, sent.elapsed(), service, operation, read, 502, false, attempt);
+            record(
+                &s,
+                arrived,
+                sent.elapsed(),
+                service,
+                operation,
+                read,
+                502,
+                false,
+                attempt,
+            );
             return bad_gateway(format!("upstream: {e}"));
         }
     };
@@ -300,7 +317,9 @@ async fn forward(State(s): State<Shared>, request: Request) -> Response {
             push_image(&s, push, &body).await;
         }
     }
-    record(&s, arrived, latency, service, operation, read, status, not_found, attempt);
+    record(
+        &s, arrived, latency, service, operation, read, status, not_found, attempt,
+    );
     let mut response = Response::builder().status(rparts.status);
     for (name, value) in &rparts.headers {
         if !hop_by_hop(name) {
@@ -368,14 +387,30 @@ mod tests {
     #[test]
     fn names_operations_of_every_protocol() {
         let mut h = HeaderMap::new();
-        h.insert("x-amz-target", "DynamoDB_20120810.DescribeTable".parse().unwrap());
+        h.insert(
+            "x-amz-target",
+            "DynamoDB_20120810.DescribeTable".parse().unwrap(),
+        );
         let uri: Uri = "/".parse().unwrap();
-        assert_eq!(operation(&Method::POST, &uri, &h, b""), ("DescribeTable".into(), true));
+        assert_eq!(
+            operation(&Method::POST, &uri, &h, b""),
+            ("DescribeTable".into(), true)
+        );
 
         let mut h = HeaderMap::new();
-        h.insert("content-type", "application/x-www-form-urlencoded; charset=utf-8".parse().unwrap());
+        h.insert(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8"
+                .parse()
+                .unwrap(),
+        );
         assert_eq!(
-            operation(&Method::POST, &uri, &h, b"Action=CreateRole&Version=2010-05-08"),
+            operation(
+                &Method::POST,
+                &uri,
+                &h,
+                b"Action=CreateRole&Version=2010-05-08"
+            ),
             ("CreateRole".into(), false)
         );
 
@@ -424,7 +459,11 @@ mod tests {
             &h,
             br#"{"__type":"com.amazonaws.dynamodb.v20120810#ResourceNotFoundException"}"#
         ));
-        assert!(!is_not_found(400, &h, br#"{"__type":"ValidationException"}"#));
+        assert!(!is_not_found(
+            400,
+            &h,
+            br#"{"__type":"ValidationException"}"#
+        ));
         assert!(!is_not_found(200, &h, b"NotFound"));
     }
 }
