@@ -1082,8 +1082,11 @@ mod bench {
         after_ready_fit_mib_per_pipeline: Option<f64>,
         after_ready_fit_intercept_mib: Option<f64>,
         /// The largest fleet: RSS after Ready, after the resync, after the teardown (and settled).
-        largest: Option<(usize, f64, Option<f64>, Option<f64>, Option<f64>)>,
+        largest: Option<LargestRss>,
     }
+
+    /// Pipelines, then RSS (MiB) after Ready, after the resync, after the teardown, and settled.
+    type LargestRss = (usize, f64, Option<f64>, Option<f64>, Option<f64>);
 
     #[derive(Clone, Debug, Serialize)]
     struct Report {
