@@ -1,5 +1,10 @@
 use tap_controller::cli::{self, Command, LogArgs, LogFormat};
 
+// `--features dhat-heap`: every allocation goes through dhat, which writes `dhat-heap.json` on exit.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn init_tracing(args: &LogArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -14,6 +19,8 @@ fn init_tracing(args: &LogArgs) {
 
 #[tokio::main]
 async fn main() {
+    #[cfg(feature = "dhat-heap")]
+    let profiler = dhat::Profiler::new_heap();
     // kube and the AWS SDK may both enable a rustls provider; pick one for the whole process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // Usage errors exit 1 (not clap's 2: that is `plan`'s "changes"); --help and --version 0.
@@ -44,6 +51,9 @@ async fn main() {
                 lease_duration_seconds: args.lease_duration_seconds,
                 shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_seconds),
                 extra_tags: args.extra_tags,
+                max_concurrent_reconciles: args.max_concurrent_reconciles,
+                resync_jitter: args.resync_jitter,
+                aws_rate_limits: args.aws_rate_limits,
             };
             // First, so that a signal during start-up is a shutdown too (not the default: death).
             let shutdown =
@@ -70,5 +80,8 @@ async fn main() {
         Command::Destroy(args) => cli::exit_code(cli::destroy(&args)).await,
         Command::ForceUnlock(args) => cli::exit_code(cli::force_unlock(&args)).await,
     };
+    // `exit` runs no destructors: write the heap profile first.
+    #[cfg(feature = "dhat-heap")]
+    drop(profiler);
     std::process::exit(code);
 }

@@ -3,7 +3,10 @@
 //! - [`stack`]: a desired stack built against it, its resources picked by kind, images pushed;
 //! - [`lifecycle`]: one driver on one resource, through create → converged → drift → correction →
 //!   delete, with the assertions every driver test makes;
-//! - [`datapath`] and [`lambda_runtime_api`]: the deployed stack running a transaction file end to end.
+//! - [`datapath`] and [`lambda_runtime_api`]: the deployed stack running a transaction file end to end;
+//! - [`faults`], [`inventory`], [`pipeline`]: the reliability suites' fault proxy and crash interceptor,
+//!   what an account holds of a stack, and whole passes of apply and destroy;
+//! - [`scale`]: the scale benchmark's recording AWS proxy, controller process and `/proc` readings (Linux).
 
 pub mod datapath;
 pub mod emulator;
@@ -12,6 +15,8 @@ pub mod inventory;
 pub mod lambda_runtime_api;
 pub mod lifecycle;
 pub mod pipeline;
+#[cfg(target_os = "linux")]
+pub mod scale;
 pub mod stack;
 
 pub use emulator::{

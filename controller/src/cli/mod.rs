@@ -145,6 +145,17 @@ pub struct RunArgs {
     /// Maximum AWS resources worked on at once, per pipeline.
     #[arg(long, env = "TAP_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
+    /// Maximum pipelines reconciled at once, across all watched namespaces (0: no limit).
+    #[arg(long, env = "TAP_MAX_CONCURRENT_RECONCILES", default_value_t = crate::k8s::DEFAULT_MAX_CONCURRENT_RECONCILES)]
+    pub max_concurrent_reconciles: u16,
+    /// Fraction of the resync period by which a converged pipeline's next resync may come early, at
+    /// random, so that pipelines created together do not resync together (0 to 1).
+    #[arg(long, env = "TAP_RESYNC_JITTER", default_value_t = crate::k8s::DEFAULT_RESYNC_JITTER)]
+    pub resync_jitter: f64,
+    /// Outbound AWS call rates per service, `service=rate[/burst],…` over the defaults (sized for AWS's
+    /// control-plane limits), or `none` (an emulator).
+    #[arg(long, env = "TAP_AWS_RATE_LIMITS", default_value = "")]
+    pub aws_rate_limits: crate::aws::RateLimits,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "TAP_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,

@@ -177,24 +177,30 @@ impl Driver for Roles {
             .assume_role_policy_document()
             .map(parse_policy)
             .unwrap_or(Value::Null);
-        let mut inline_policies = BTreeMap::new();
-        for policy_name in Self::inline_names(ctx).await? {
-            // Deleted between the list and the get: it is not there.
-            let Some(policy) = ctx
-                .aws
-                .iam
-                .get_role_policy()
-                .role_name(ctx.name())
-                .policy_name(&policy_name)
-                .send()
-                .await
-                .context(ctx.id, "iam:GetRolePolicy")
-                .optional()?
-            else {
-                continue;
-            };
-            inline_policies.insert(policy_name, parse_policy(policy.policy_document()));
-        }
+        // The inline policies (each read at once) and the attached ones are independent reads.
+        let inline = async {
+            let names = Self::inline_names(ctx).await?;
+            let policies =
+                futures::future::try_join_all(names.into_iter().map(|policy_name| async move {
+                    let policy = ctx
+                        .aws
+                        .iam
+                        .get_role_policy()
+                        .role_name(ctx.name())
+                        .policy_name(&policy_name)
+                        .send()
+                        .await
+                        .context(ctx.id, "iam:GetRolePolicy")
+                        .optional()?;
+                    // Deleted between the list and the get: it is not there.
+                    Ok::<_, AwsError>(
+                        policy.map(|p| (policy_name, parse_policy(p.policy_document()))),
+                    )
+                }))
+                .await?;
+            Ok::<BTreeMap<_, _>, AwsError>(policies.into_iter().flatten().collect())
+        };
+        let (inline_policies, managed_policy_arns) = tokio::try_join!(inline, Self::attached(ctx))?;
         // GetRole carries the tags: no ListRoleTags.
         let tags = user_tags(
             role.tags()
@@ -206,7 +212,7 @@ impl Driver for Roles {
             spec: RoleSpec {
                 assume_role_policy,
                 inline_policies,
-                managed_policy_arns: Self::attached(ctx).await?,
+                managed_policy_arns,
             },
             tags,
             outputs: Self::outputs(ctx),

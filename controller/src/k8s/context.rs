@@ -60,6 +60,15 @@ pub fn failure_backoff() -> ExponentialBackoff {
         .build()
 }
 
+/// `requeue`, shortened at random by up to `fraction` of it if it is the full resync period.
+pub fn jittered(requeue: Duration, resync: Duration, fraction: f64) -> Duration {
+    if requeue == resync && fraction > 0.0 {
+        requeue.mul_f64(1.0 - fastrand::f64() * fraction)
+    } else {
+        requeue
+    }
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
@@ -68,6 +77,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Requeue period of a converged pipeline (drift detection).
     pub resync: Duration,
+    /// Fraction of `resync` taken off at random from each converged pipeline's next resync (0: none).
+    pub resync_jitter: f64,
     pub suffixes: SuffixGuard,
     /// Drift memory per pipeline (by uid), between reconciles.
     memories: Mutex<HashMap<String, DriftMemory>>,
@@ -92,10 +103,25 @@ impl Context {
             backend,
             metrics,
             resync,
+            resync_jitter: 0.0,
             suffixes: SuffixGuard::default(),
             memories: Default::default(),
             failures: Default::default(),
         }
+    }
+
+    /// Spreads resyncs: `fraction` of the period taken off at random from each next resync.
+    pub fn with_resync_jitter(mut self, fraction: f64) -> Self {
+        self.resync_jitter = fraction.clamp(0.0, 0.9);
+        self
+    }
+
+    /// The requeue of a converged pipeline: a full resync period comes earlier by up to
+    /// `resync_jitter` of it (never later: drift is still looked for at least once a period), so that
+    /// pipelines created together drift apart instead of resyncing all at once; shorter requeues
+    /// (provisioning, verifying a correction, a retry) are kept as they are.
+    pub fn jittered(&self, requeue: Duration) -> Duration {
+        jittered(requeue, self.resync, self.resync_jitter)
     }
 
     pub fn take_memory(&self, key: &str) -> DriftMemory {
@@ -152,6 +178,23 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resync_jitter_only_shortens_a_full_period() {
+        let resync = Duration::from_secs(100);
+        let spread: std::collections::BTreeSet<_> = (0..100)
+            .map(|_| jittered(resync, resync, 0.1))
+            .inspect(|d| assert!(*d <= resync && *d >= Duration::from_secs(90), "{d:?}"))
+            .collect();
+        assert!(
+            spread.len() > 50,
+            "spread: {} distinct of 100",
+            spread.len()
+        );
+        let short = Duration::from_secs(15);
+        assert_eq!(jittered(short, resync, 0.1), short);
+        assert_eq!(jittered(resync, resync, 0.0), resync);
+    }
 
     #[test]
     fn backoff_doubles_from_5s_to_5min() {

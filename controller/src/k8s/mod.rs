@@ -86,7 +86,25 @@ pub struct RunConfig {
     pub shutdown_timeout: Duration,
     /// Tags added to every AWS resource.
     pub extra_tags: BTreeMap<String, String>,
+    /// Pipelines reconciled at once across the whole controller (the kube `Controller`'s concurrency;
+    /// 0: no limit). With `concurrency` per pipeline this bounds the AWS calls in flight, hence the
+    /// sockets and the memory, and keeps a fleet created together from bursting the account's limits.
+    pub max_concurrent_reconciles: u16,
+    /// Fraction of the resync period taken off each converged pipeline's next resync, at random
+    /// (0.1: between 0.9 and 1.0 × `resync`), so that pipelines created together do not resync together.
+    pub resync_jitter: f64,
+    /// Outbound AWS requests per second, per service.
+    pub aws_rate_limits: crate::aws::RateLimits,
 }
+
+/// Default of [`RunConfig::max_concurrent_reconciles`]: 10 pipelines × 8 resources = at most 80 AWS calls
+/// in flight.
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 10;
+/// Default of [`RunConfig::resync_jitter`].
+pub const DEFAULT_RESYNC_JITTER: f64 = 0.1;
+/// How long the Controller waits after a change before reconciling (further changes inside it restart
+/// the wait): one `kubectl apply` or a finalizer added right after a create cost one reconcile, not two.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
 impl RunConfig {
     /// The most a shutdown takes from the first termination signal to the exit.
@@ -120,6 +138,10 @@ pub async fn run(
     };
     let engine = Engine::new(sdk, config.concurrency, config.extra_tags.clone())
         .with_lock(lock)
+        .with_client_options(crate::aws::ClientOptions {
+            rate_limits: config.aws_rate_limits.clone(),
+            ..Default::default()
+        })
         .with_call_observer(move |service, operation| observer.aws_call(service, operation))
         .with_error_observer(move |service, operation, code| {
             errors.aws_error(service, operation, code)
@@ -153,12 +175,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        backend,
-        metrics.clone(),
-        config.resync,
-    ));
+    let ctx = Arc::new(
+        Context::new(client.clone(), backend, metrics.clone(), config.resync)
+            .with_resync_jitter(config.resync_jitter),
+    );
     let health = Health::default();
     let addr = listener
         .local_addr()
@@ -191,6 +211,7 @@ pub async fn serve(
                 Stop::Shutdown
             },
             config.shutdown_timeout,
+            config.max_concurrent_reconciles,
         )
         .await;
         Ok(())
@@ -275,6 +296,7 @@ async fn lead(
             None,
             stop,
             config.shutdown_timeout,
+            config.max_concurrent_reconciles,
         )
         .await;
         if why == Some(Stop::LeadershipLost) {
@@ -344,7 +366,8 @@ impl Readiness {
 }
 
 /// Runs one Controller over all namespaces (or one per listed namespace) until `stop` resolves.
-/// With `readiness`, marks the process ready once every watcher has listed its objects.
+/// With `readiness`, marks the process ready once every watcher has listed its objects. At most
+/// `max_concurrent` pipelines are reconciled at once (0: no limit), across all the Controllers.
 ///
 /// On [`Stop::Shutdown`] no new reconcile starts and the in-flight ones get `drain` to finish; on
 /// [`Stop::LeadershipLost`] (or once `drain` is over) they are abandoned. Returns why it stopped
@@ -356,6 +379,7 @@ pub async fn run_controllers(
     readiness: Option<Health>,
     stop: impl std::future::Future<Output = Stop> + Send,
     drain: Duration,
+    max_concurrent: u16,
 ) -> Option<Stop> {
     let apis: Vec<Api<TransactionPipeline>> = if namespaces.is_empty() {
         vec![Api::all(client)]
@@ -372,6 +396,13 @@ pub async fn run_controllers(
         })
     });
     let in_flight = InFlight::new();
+    // One Controller per namespace: each gets its own limit from the kube runtime, and a semaphore
+    // shared by all of them keeps the total bounded too.
+    let permits = (max_concurrent > 0)
+        .then(|| Arc::new(tokio::sync::Semaphore::new(usize::from(max_concurrent))));
+    let controller_config = kube::runtime::controller::Config::default()
+        .concurrency(max_concurrent)
+        .debounce(DEBOUNCE);
     let mut stores = Vec::new();
     let mut wakers = Vec::new();
     let mut stoppers = Vec::new();
@@ -404,7 +435,9 @@ pub async fn run_controllers(
         stoppers.push(tx);
         stores.push(reader.clone());
         let in_flight = in_flight.clone();
+        let permits = permits.clone();
         let run = Controller::for_stream(stream, reader)
+            .with_config(controller_config.clone())
             .reconcile_on(woken)
             .graceful_shutdown_on(async move {
                 let _ = rx.await;
@@ -412,8 +445,13 @@ pub async fn run_controllers(
             .run(
                 move |pipeline, ctx| {
                     let guard = in_flight.enter();
+                    let permits = permits.clone();
                     async move {
                         let _guard = guard;
+                        let _permit = match &permits {
+                            Some(p) => Some(p.clone().acquire_owned().await.expect("never closed")),
+                            None => None,
+                        };
                         reconcile(pipeline, ctx).await
                     }
                 },

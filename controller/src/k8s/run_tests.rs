@@ -38,6 +38,9 @@ fn config(leader_election: bool, identity: &str) -> RunConfig {
         lease_duration_seconds: 2,
         shutdown_timeout: Duration::from_secs(5),
         extra_tags: Default::default(),
+        max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
+        resync_jitter: 0.0,
+        aws_rate_limits: crate::aws::RateLimits::none(),
     }
 }
 

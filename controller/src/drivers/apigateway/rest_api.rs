@@ -105,6 +105,16 @@ impl RestApis {
                 "the API has no root resource",
             )
         })?;
+        Ok((Self::create_resource(ctx, api_id, &root, path).await?, true))
+    }
+
+    /// Creates `path` under the resource `root`; returns its id.
+    async fn create_resource(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+        root: &str,
+        path: &str,
+    ) -> Result<String, AwsError> {
         let created = ctx
             .aws
             .apigateway
@@ -122,7 +132,7 @@ impl RestApis {
                 "no resource id in the answer",
             )
         })?;
-        Ok((id.to_string(), true))
+        Ok(id.to_string())
     }
 
     async fn create_model(ctx: &Ctx<'_>, api_id: &str, model: &ApiModel) -> Result<(), AwsError> {
@@ -233,6 +243,39 @@ impl RestApis {
             .await
             .context(ctx.id, "apigateway:CreateRequestValidator")?;
         Ok(created.id().unwrap_or_default().to_string())
+    }
+
+    /// What a REST API just created (its answer in hand) needs, with no read: it has only its root
+    /// resource, no model and no validator. The model, the resource and the validator are independent and
+    /// made at once; the method needs all three, its integration the method.
+    async fn populate_new(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+        root: &str,
+        desired: &RestApiSpec,
+    ) -> Result<(), AwsError> {
+        let validator = &desired.validator;
+        let create_validator = async {
+            let created = ctx
+                .aws
+                .apigateway
+                .create_request_validator()
+                .rest_api_id(api_id)
+                .name(&validator.name)
+                .validate_request_body(validator.validate_request_body)
+                .validate_request_parameters(validator.validate_request_parameters)
+                .send()
+                .await
+                .context(ctx.id, "apigateway:CreateRequestValidator")?;
+            Ok::<_, AwsError>(created.id().unwrap_or_default().to_string())
+        };
+        let ((), resource_id, validator_id) = tokio::try_join!(
+            Self::create_model(ctx, api_id, &desired.model),
+            Self::create_resource(ctx, api_id, root, &desired.resource_path),
+            create_validator,
+        )?;
+        Self::put_method(ctx, api_id, &resource_id, &validator_id, desired).await?;
+        Self::put_integration(ctx, api_id, &resource_id, desired).await
     }
 
     /// (Re)puts the method and its integration on `resource_id`.
@@ -508,6 +551,13 @@ impl Driver for RestApis {
             .send()
             .await
             .context(ctx.id, "apigateway:CreateRestApi");
+        // A fresh API (the answer in hand, with its root resource's id) is filled in without reads.
+        if let Ok(api) = &created {
+            if let (Some(api_id), Some(root)) = (api.id(), api.root_resource_id()) {
+                Self::populate_new(ctx, api_id, root, desired).await?;
+                return Ok(Self::outputs(ctx, api_id));
+            }
+        }
         let api_id = match created {
             Ok(api) => api.id().map(str::to_string),
             // The answer was lost, not necessarily the API: one of ours under the name is the one made.

@@ -216,7 +216,12 @@ async fn apply(p: &TransactionPipeline, ctx: &Context) -> Outcome {
         .await;
     let outcome = match result {
         Ok(report) => {
-            let requeue = requeue_after(&report, report.phase(false), &memory, ctx.resync);
+            let requeue = ctx.jittered(requeue_after(
+                &report,
+                report.phase(false),
+                &memory,
+                ctx.resync,
+            ));
             converged(p, report, requeue)
         }
         Err(e) => engine_failed(p, e, ctx),
