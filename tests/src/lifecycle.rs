@@ -67,6 +67,8 @@ impl<'a, D: Driver> Subject<'a, D> {
             id: &self.id,
             owner: OWNER,
             deps: &self.deps,
+            // The driver's whole tag sync (the stack tests cover Merge).
+            tag_policy: tap_controller::api::TagPolicy::Exclusive,
         }
     }
 

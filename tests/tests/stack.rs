@@ -984,3 +984,136 @@ async fn an_invalid_spec_touches_nothing_in_aws() {
     );
     assert_eq!(h.aws.calls.total(), 0, "no AWS call for an invalid spec");
 }
+
+/// `tagPolicy`: by default (`Merge`) a tag someone else added (cost allocation, AWS Config) is left
+/// alone and is no drift; `Exclusive` reports it and removes it. Checked on a table and on the bucket,
+/// whose tag set S3 only replaces whole.
+#[tokio::test]
+async fn tags_someone_else_added_are_kept_unless_the_tag_policy_is_exclusive() {
+    use tap_controller::api::TagPolicy;
+    let mut h = Harness::start().await;
+    let mut spec = spec("tagp1");
+    let _ = h.reconcile(&spec).await;
+    push_images(&h.aws, "tagp1", "v1").await;
+    h.converge(&spec).await;
+    let table_arn = format!(
+        "arn:aws:dynamodb:us-east-1:{}:table/tap-tagp1-transactions",
+        h.aws.account_id
+    );
+    h.aws
+        .dynamodb
+        .tag_resource()
+        .resource_arn(&table_arn)
+        .tags(
+            aws_sdk_dynamodb::types::Tag::builder()
+                .key("cost-center")
+                .value("4711")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let bucket = format!("tap-tagp1-uploads-{}", h.aws.account_id);
+    let mut bucket_tags = h
+        .aws
+        .s3
+        .get_bucket_tagging()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap()
+        .tag_set()
+        .to_vec();
+    bucket_tags.push(
+        aws_sdk_s3::types::Tag::builder()
+            .key("cost-center")
+            .value("4711")
+            .build()
+            .unwrap(),
+    );
+    // And one of ours changed on the bucket: corrected, with theirs kept.
+    for t in bucket_tags.iter_mut() {
+        if t.key() == "team" {
+            *t = aws_sdk_s3::types::Tag::builder()
+                .key("team")
+                .value("x")
+                .build()
+                .unwrap();
+        }
+    }
+    h.aws
+        .s3
+        .put_bucket_tagging()
+        .bucket(&bucket)
+        .tagging(
+            aws_sdk_s3::types::Tagging::builder()
+                .set_tag_set(Some(bucket_tags))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let table_tags = |h: &Harness| {
+        let dynamodb = h.aws.dynamodb.clone();
+        let arn = table_arn.clone();
+        async move {
+            let out = dynamodb
+                .list_tags_of_resource()
+                .resource_arn(arn)
+                .send()
+                .await
+                .unwrap();
+            out.tags()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect::<BTreeMap<_, _>>()
+        }
+    };
+    let bucket_tag_map = |h: &Harness| {
+        let s3 = h.aws.s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            let out = s3.get_bucket_tagging().bucket(bucket).send().await.unwrap();
+            out.tag_set()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect::<BTreeMap<_, _>>()
+        }
+    };
+
+    // Merge (the default): theirs stay, ours are corrected, no drift on theirs.
+    assert_eq!(spec.tag_policy, TagPolicy::Merge);
+    let merged = h.converge(&spec).await;
+    assert!(
+        !merged.drift.iter().any(|d| d.field.contains("cost-center")),
+        "{:?}",
+        merged.drift
+    );
+    assert_eq!(
+        table_tags(&h).await.get("cost-center").map(String::as_str),
+        Some("4711")
+    );
+    let on_bucket = bucket_tag_map(&h).await;
+    assert_eq!(
+        on_bucket.get("cost-center").map(String::as_str),
+        Some("4711")
+    );
+    assert_eq!(on_bucket.get("team").map(String::as_str), Some("payments"));
+
+    // Exclusive: theirs are drift, and removed.
+    spec.tag_policy = TagPolicy::Exclusive;
+    let exclusive = h.reconcile(&spec).await;
+    assert!(
+        exclusive
+            .drift
+            .iter()
+            .any(|d| d.name == "tap-tagp1-transactions" && d.field == "tags.cost-center"),
+        "{:?}",
+        exclusive.drift
+    );
+    h.converge(&spec).await;
+    assert_eq!(table_tags(&h).await.get("cost-center"), None);
+    assert_eq!(bucket_tag_map(&h).await.get("cost-center"), None);
+}

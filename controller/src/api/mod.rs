@@ -66,6 +66,11 @@ pub struct TransactionPipelineSpec {
     #[serde(default)]
     pub drift_policy: DriftPolicy,
 
+    /// `Merge`: the controller manages only the tags it sets and leaves tags others added (cost
+    /// allocation, AWS Config) alone; `Exclusive`: every other tag is drift, and removed.
+    #[serde(default)]
+    pub tag_policy: TagPolicy,
+
     /// Tags added to every AWS resource of the stack: at most 48 (AWS allows 50 per resource; the
     /// controller adds `tap.dev/pipeline` and `tap.dev/suffix`), keys of 1 to 128 and values of at most
     /// 256 characters, letters, digits, spaces and `_ . : / = + - @` only; keys under `aws:` and
@@ -134,6 +139,13 @@ pub enum DeletionPolicy {
     #[default]
     Delete,
     Retain,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TagPolicy {
+    #[default]
+    Merge,
+    Exclusive,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

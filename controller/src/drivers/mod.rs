@@ -181,6 +181,8 @@ pub struct Ctx<'a> {
     pub owner: &'a str,
     /// Outputs of the resources this one depends on (converged earlier in the same walk).
     pub deps: &'a BTreeMap<ResourceId, Outputs>,
+    /// Whether tags someone else added are left alone (`Merge`) or removed (`Exclusive`).
+    pub tag_policy: crate::api::TagPolicy,
 }
 
 impl Ctx<'_> {
@@ -262,7 +264,8 @@ pub trait TagApi: Sync {
 }
 
 /// Brings a resource's tags from `observed` to `desired`: one tag call for what is missing or different,
-/// one untag call for what is not desired; no call for a side with nothing to do.
+/// one untag call for what is not desired (with `tagPolicy: Exclusive` only); no call for a side with
+/// nothing to do.
 pub async fn sync_tags(
     api: &impl TagApi,
     ctx: &Ctx<'_>,
@@ -274,7 +277,7 @@ pub async fn sync_tags(
     if !set.is_empty() {
         api.tag(ctx, target, set).await?;
     }
-    if !remove.is_empty() {
+    if !remove.is_empty() && ctx.tag_policy == crate::api::TagPolicy::Exclusive {
         api.untag(ctx, target, remove).await?;
     }
     Ok(())

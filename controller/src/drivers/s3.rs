@@ -440,12 +440,17 @@ impl Driver for Buckets {
         ctx: &Ctx<'_>,
         desired: &BucketSpec,
         tags: &Tags,
-        _observed: &Observed<BucketSpec>,
+        observed: &Observed<BucketSpec>,
         changes: &Changes,
     ) -> Result<Outputs, DriverError> {
         if changes.touches("tags") {
-            // S3 has no tag/untag: the tag set is replaced whole.
-            Self::put_tags(ctx, tags).await?;
+            // S3 has no tag/untag: the tag set is replaced whole, keeping others' tags under Merge.
+            let mut all = match ctx.tag_policy {
+                crate::api::TagPolicy::Merge => observed.tags.clone(),
+                crate::api::TagPolicy::Exclusive => Tags::new(),
+            };
+            all.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Self::put_tags(ctx, &all).await?;
         }
         if changes.touches("encryption") {
             Self::put_encryption(ctx, desired).await?;

@@ -236,6 +236,7 @@ impl Engine {
         let owner = names::owner_tag(pipeline.owner);
         let control = self.control(&aws, &stack, &owner);
         let policy = pipeline.spec.drift_policy;
+        let tag_policy = pipeline.spec.tag_policy;
         let walk = walk::forward(&stack, self.concurrency, mode, |resource, deps| {
             let progress = self.progress.clone();
             let aws = aws.clone();
@@ -250,6 +251,7 @@ impl Engine {
                     owner: &owner,
                     mode,
                     policy,
+                    tag_policy,
                     memory: &shared,
                     control,
                     progress: progress.as_deref(),
@@ -296,6 +298,7 @@ impl Engine {
                         owner: &owner,
                         mode,
                         policy: DriftPolicy::Correct,
+                        tag_policy: pipeline.spec.tag_policy,
                         memory,
                         control,
                         progress: progress.as_deref(),
@@ -343,6 +346,8 @@ async fn under_lock<T>(
     mode: Mode,
     walk: impl std::future::Future<Output = T>,
 ) -> (T, Option<LockHolder>) {
+    // On the heap: a walk's future is large, and a caller's stack (a test thread's 2 MiB) need not hold it.
+    let walk = Box::pin(walk);
     if mode == Mode::DryRun {
         let (out, holder) = futures::join!(walk, control.holder());
         return (out, holder.ok().flatten());

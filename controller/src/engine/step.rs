@@ -12,7 +12,7 @@ use super::control::Control;
 use super::drift::DriftMemory;
 use super::report::{Action, ResourceReport};
 use super::Mode;
-use crate::api::DriftPolicy;
+use crate::api::{DriftPolicy, TagPolicy};
 use crate::aws::{Aws, AwsError};
 use crate::desired::{Resource, ResourceId, ResourceSpec, Tags, OWNER_TAG};
 use crate::drivers::{self, Ctx, Driver, DriverError, Observed, Outputs};
@@ -93,6 +93,7 @@ pub(super) struct Step<'a> {
     pub owner: &'a str,
     pub mode: Mode,
     pub policy: DriftPolicy,
+    pub tag_policy: TagPolicy,
     pub memory: &'a Mutex<DriftMemory>,
     pub control: &'a Control,
     pub progress: Option<&'a dyn super::Progress>,
@@ -161,6 +162,7 @@ impl Step<'_> {
             id: &self.resource.id,
             owner: self.owner,
             deps: self.deps,
+            tag_policy: self.tag_policy,
         }
     }
 
@@ -336,7 +338,18 @@ impl Step<'_> {
             return Turn::saw(conflict, observed.outputs);
         }
         let resumed = !observed.tags.contains_key(OWNER_TAG) && id.kind.creates_untagged();
-        let changes = drivers::diff(spec, tags, &observed);
+        let mut observed = observed;
+        let changes = match self.tag_policy {
+            TagPolicy::Exclusive => drivers::diff(spec, tags, &observed),
+            // Tags someone else added are not ours to compare.
+            TagPolicy::Merge => {
+                let all = observed.tags.clone();
+                observed.tags.retain(|k, _| tags.contains_key(k));
+                let changes = drivers::diff(spec, tags, &observed);
+                observed.tags = all;
+                changes
+            }
+        };
         if changes.is_empty() {
             self.memory().applied(id, desired_json, false);
             return Turn::saw(Action::NoChange, observed.outputs);
