@@ -1,8 +1,10 @@
 //! Faults real AWS has and the emulators lack, for the reliability suites:
 //! - [`Microburst`]: the fault proxy (PyPI `microburst`) in front of an emulator: throttling and errors in
 //!   each service's own error shape, latency, and responses aborted after the emulator acted;
-//! - [`CrashAfter`]: an SDK interceptor that lets `n` operations through, loses the answer of the `n`-th
-//!   (the emulator acted on it) and refuses every later one: a process that died at that call.
+//! - [`CrashAfter`]: an SDK interceptor that lets `n` writes through (and the reads among them), loses the
+//!   answer of the `n`-th (the emulator acted on it) and refuses every later call: a process that died at
+//!   that call. Only writes are crash points: a crash at a read leaves AWS exactly as the crash at the
+//!   write before it did (a read changes nothing), so it would resume from a state already tried.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -135,8 +137,8 @@ impl Drop for Microburst {
     }
 }
 
-/// A process that stops at its `n`-th AWS operation: operations 1..n reach AWS, the answer to the
-/// `n`-th is lost (AWS acted on it), and every later one is refused before it is sent.
+/// A process that stops at its `n`-th AWS write: writes 1..n (and the reads before them) reach AWS, the
+/// answer to the `n`-th is lost (AWS acted on it), and every later call is refused before it is sent.
 #[derive(Clone, Debug)]
 pub struct CrashAfter {
     n: u64,
@@ -171,7 +173,7 @@ impl CrashAfter {
         SharedInterceptor::new(self.clone())
     }
 
-    /// Operations started (sent or refused).
+    /// Writes started (sent or refused).
     pub fn seen(&self) -> u64 {
         self.seen.load(Ordering::SeqCst)
     }
@@ -193,6 +195,15 @@ impl Intercept for CrashAfter {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        let write = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .is_none_or(|m| !tap_controller::aws::is_read(m.name()));
+        if !write {
+            if self.seen() >= self.n {
+                return Err("crashed: the process is gone".into());
+            }
+            return Ok(());
+        }
         let index = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
         if index > self.n {
             return Err("crashed: the process is gone".into());

@@ -1,6 +1,7 @@
 //! A crash at every call: for every N across a whole provisioning (and a whole teardown), the engine
-//! stops at its N-th AWS operation (that operation reached AWS, its answer was lost, nothing after it was
-//! sent); a fresh engine, with nothing but AWS to go on, then runs to the end. Afterwards every resource
+//! stops at its N-th AWS write (that write reached AWS, its answer was lost, nothing after it was sent;
+//! a crash at a read is the crash at the write before it, AWS being the same); a fresh engine, with
+//! nothing but AWS to go on, then runs to the end. Afterwards every resource
 //! exists exactly once (each service listed by name), and a teardown leaves the account empty.
 
 use anyhow::{ensure, Context};
@@ -43,7 +44,7 @@ async fn a_crash_at_any_call_of_a_provisioning_resumes_exactly_once() -> anyhow:
     let expected = Inventory::of(&images, SUFFIX).await?;
     ensure!(expected.duplicates().is_empty(), "{expected:?}");
     eprintln!(
-        "provisioning: {calls} AWS calls, {} resources",
+        "provisioning: {calls} AWS writes, {} resources",
         expected.total()
     );
 
@@ -112,7 +113,7 @@ async fn a_crash_at_any_call_of_a_teardown_resumes_and_leaves_nothing() -> anyho
     ensure!(report.converged(), "{:?}", not_done(&report));
     let calls = counter.seen();
     ensure!(Inventory::of(&images, SUFFIX).await?.total() == 0);
-    eprintln!("teardown: {calls} AWS calls");
+    eprintln!("teardown: {calls} AWS writes");
 
     for n in 1..=calls {
         emu.reset().await?;

@@ -54,7 +54,7 @@ async fn crash_holding_the_lock(
     holder: &str,
     lease: Duration,
 ) -> anyhow::Result<()> {
-    let crash = CrashAfter::new(40);
+    let crash = CrashAfter::new(10);
     let crashing = engine(
         sdk.clone(),
         ClientOptions {
@@ -72,7 +72,7 @@ async fn crash_holding_the_lock(
         _ = apply(&crashing, images, &spec, 1) => {}
         _ = crash.reached() => {}
     }
-    ensure!(crash.crashed(), "the walk ended before its 40th call");
+    ensure!(crash.crashed(), "the walk ended before its 10th write");
     Ok(())
 }
 
