@@ -286,7 +286,7 @@ mod bench {
     }
 
     fn spec(suffix: &str) -> TransactionPipelineSpec {
-        serde_yaml::from_str(&spec_yaml(suffix)).expect("the bench spec parses")
+        serde_saphyr::from_str(&spec_yaml(suffix)).expect("the bench spec parses")
     }
 
     fn pipeline(name: &str, suffix: &str) -> TransactionPipeline {
