@@ -106,7 +106,19 @@ impl Emulator {
             child,
         };
         emulator.wait_ready().await?;
-        emulator.configure().await?;
+        // A server that has just begun to listen may still reset the first connections while it
+        // finishes starting up: retry those (and only those) for a few seconds.
+        let mut tries = 0;
+        loop {
+            match emulator.configure().await {
+                Ok(()) => break,
+                Err(e) if tries < 50 && e.downcast_ref::<std::io::Error>().is_some() => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(emulator)
     }
 
