@@ -21,21 +21,26 @@ fn manifest(dir: &tempfile::TempDir, suffix: &str, memory: i32) -> PathBuf {
     path
 }
 
-fn run(emu: &Emulator, args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(BIN)
+/// The binary with `args`, pointed at the emulator, without a terminal.
+fn command(emu: &Emulator, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .args(args)
         .env("AWS_ENDPOINT_URL", &emu.endpoint)
         .env("AWS_REGION", &emu.region)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env_remove("AWS_PROFILE")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("tap-controller runs");
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+fn run(emu: &Emulator, args: &[&str]) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command(emu, args).output().expect("tap-controller runs");
     (
         status.code().unwrap_or(-1),
         String::from_utf8_lossy(&stdout).into(),
@@ -334,13 +339,7 @@ async fn two_applies_at_once_wait_for_each_other_and_a_killed_ones_lock_is_force
         .await
         .unwrap();
     let holder_id = loop {
-        let mut child = std::process::Command::new(BIN)
-            .args(["apply", "-f", file])
-            .env("AWS_ENDPOINT_URL", &emu.endpoint)
-            .env("AWS_REGION", &emu.region)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .stdin(std::process::Stdio::null())
+        let mut child = command(&emu, &["apply", "-f", file])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

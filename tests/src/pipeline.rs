@@ -32,23 +32,33 @@ pub async fn apply(
     spec: &TransactionPipelineSpec,
     passes: usize,
 ) -> anyhow::Result<Report> {
+    Ok(apply_counted(engine, images, spec, passes).await?.0)
+}
+
+/// [`apply`], and how many passes it made.
+pub async fn apply_counted(
+    engine: &Engine,
+    images: &Aws,
+    spec: &TransactionPipelineSpec,
+    passes: usize,
+) -> anyhow::Result<(Report, usize)> {
     let mut memory = DriftMemory::default();
     let pipeline = Pipeline { owner: OWNER, spec };
     let mut last = None;
-    for _ in 0..passes {
+    for pass in 1..=passes {
         let report = engine
             .reconcile(&pipeline, Mode::Apply, &mut memory)
             .await
             .context("reconcile")?;
         if report.converged() {
-            return Ok(report);
+            return Ok((report, pass));
         }
         if report.waiting_for_images() {
             let _ = push_images(images, &spec.environment_suffix, "v1").await;
         }
         last = Some(report);
     }
-    last.context("no pass ran")
+    Ok((last.context("no pass ran")?, passes))
 }
 
 /// Tears down until nothing of the stack is left; at most `passes`. The last report.
@@ -57,16 +67,25 @@ pub async fn destroy(
     spec: &TransactionPipelineSpec,
     passes: usize,
 ) -> anyhow::Result<Report> {
+    Ok(destroy_counted(engine, spec, passes).await?.0)
+}
+
+/// [`destroy`], and how many passes it made.
+pub async fn destroy_counted(
+    engine: &Engine,
+    spec: &TransactionPipelineSpec,
+    passes: usize,
+) -> anyhow::Result<(Report, usize)> {
     let pipeline = Pipeline { owner: OWNER, spec };
     let mut last = None;
-    for _ in 0..passes {
+    for pass in 1..=passes {
         let report = engine.teardown(&pipeline, Mode::Apply).await?;
         if report.converged() {
-            return Ok(report);
+            return Ok((report, pass));
         }
         last = Some(report);
     }
-    last.context("no pass ran")
+    Ok((last.context("no pass ran")?, passes))
 }
 
 /// The clients of an engine's default region.

@@ -8,7 +8,7 @@ use anyhow::{ensure, Context};
 use tap_controller::aws::{Aws, ClientOptions};
 use tap_tests::faults::CrashAfter;
 use tap_tests::inventory::Inventory;
-use tap_tests::pipeline::{apply, destroy, engine, not_done, spec};
+use tap_tests::pipeline::{apply, apply_counted, destroy, engine, not_done, spec};
 
 use super::{moto, quick_retries};
 
@@ -63,14 +63,7 @@ async fn a_crash_at_any_call_of_a_provisioning_resumes_exactly_once() -> anyhow:
         drop(crashing);
 
         let fresh = engine(sdk.clone(), ClientOptions::default());
-        let mut passes = 0;
-        let report = loop {
-            passes += 1;
-            let report = apply(&fresh, &images, &spec, 1).await?;
-            if report.converged() || passes == 8 {
-                break report;
-            }
-        };
+        let (report, passes) = apply_counted(&fresh, &images, &spec, 8).await?;
         ensure!(
             report.converged(),
             "crash at call {n}: not converged after {passes} passes: {:?}",

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tap_controller::aws::{Aws, ClientOptions};
 use tap_tests::faults::Microburst;
 use tap_tests::inventory::Inventory;
-use tap_tests::pipeline::{apply, destroy, engine, not_done, spec};
+use tap_tests::pipeline::{apply, apply_counted, destroy, destroy_counted, engine, not_done, spec};
 
 use super::{moto, quick_retries};
 
@@ -178,14 +178,7 @@ async fn throttling_beyond_the_sdk_retries_and_busy_resources_do_not_wedge_the_s
         ]))
         .await?;
 
-    let mut passes = 0;
-    let report = loop {
-        passes += 1;
-        let report = apply(&engine, &aws, &spec, 1).await?;
-        if report.converged() || passes == 10 {
-            break report;
-        }
-    };
+    let (report, passes) = apply_counted(&engine, &aws, &spec, 10).await?;
     ensure!(
         report.converged(),
         "after {passes} passes: {:?}",
@@ -284,14 +277,7 @@ async fn heavy_faults_converge_exactly_once_and_a_throttled_teardown_leaves_noth
                "error": {"code": code, "status": status, "message": "Rate exceeded"}})
     }));
     proxy.set_rules(Value::Array(rules)).await?;
-    let mut passes = 0;
-    let report = loop {
-        passes += 1;
-        let report = apply(&engine, &aws, &spec, 1).await?;
-        if report.converged() || passes == 20 {
-            break report;
-        }
-    };
+    let (report, passes) = apply_counted(&engine, &aws, &spec, 20).await?;
     ensure!(
         report.converged(),
         "after {passes} passes: {:?}",
@@ -310,14 +296,7 @@ async fn heavy_faults_converge_exactly_once_and_a_throttled_teardown_leaves_noth
              "error": {"code": "TooManyRequestsException", "status": 429, "message": "Too Many Requests"}},
         ]))
         .await?;
-    let mut destroys = 0;
-    let gone = loop {
-        destroys += 1;
-        let gone = destroy(&engine, &spec, 1).await?;
-        if gone.converged() || destroys == 10 {
-            break gone;
-        }
-    };
+    let (gone, destroys) = destroy_counted(&engine, &spec, 10).await?;
     ensure!(
         gone.converged(),
         "after {destroys} passes: {:?}",
