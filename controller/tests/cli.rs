@@ -402,3 +402,56 @@ async fn two_applies_at_once_wait_for_each_other_and_a_killed_ones_lock_is_force
     let (code, out, err) = run(&emu, &["destroy", "-f", file, "--auto-approve"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// A stack deployed by other tooling (tests/scripts/legacy_stack.py: our names, none of our tags):
+/// `plan` names every resource it would adopt, `apply` adopts and converges them, and says so.
+#[tokio::test]
+async fn plan_and_apply_show_the_adoption_of_a_stack_other_tooling_deployed() {
+    let emu = Emulator::start_kind(EmulatorKind::Moto).await.unwrap();
+    let python = std::env::var("TAP_MOTO_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/scripts/legacy_stack.py"
+    );
+    let legacy = Command::new(python)
+        .args([script, "--endpoint", &emu.endpoint, "--suffix", "cli4"])
+        .output()
+        .expect("legacy_stack.py runs");
+    assert!(legacy.status.success(), "{legacy:?}");
+    let made = String::from_utf8_lossy(&legacy.stdout).lines().count();
+    let dir = tempfile::tempdir().unwrap();
+    let never = manifest(&dir, "cli4", 512);
+    let adopt = dir.path().join("adopt.yaml");
+    std::fs::write(
+        &adopt,
+        std::fs::read_to_string(&never)
+            .unwrap()
+            .replace("spec:\n", "spec:\n  adoptionPolicy: Adopt\n"),
+    )
+    .unwrap();
+
+    let (code, out, err) = run(&emu, &["plan", "-f", never.to_str().unwrap()]);
+    assert_eq!(code, 1, "conflicts are an error: {out}{err}");
+    assert!(
+        out.contains("adoptionPolicy: Adopt would adopt it"),
+        "{out}"
+    );
+
+    let (code, out, err) = run(&emu, &["plan", "-f", adopt.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains(&format!("{made} to adopt")), "{out}");
+    assert!(
+        out.contains("adopt (no tap.dev/pipeline tag; adoptionPolicy Adopt)")
+            && out.contains("memoryMb: 256 → 512"),
+        "{out}"
+    );
+
+    let (code, out, err) = run(&emu, &["apply", "-f", adopt.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("adopted: it had no tap.dev/pipeline tag") && out.contains("phase: Ready"),
+        "{out}"
+    );
+    let (code, out, _) = run(&emu, &["plan", "-f", adopt.to_str().unwrap()]);
+    assert_eq!(code, 0, "adopted and converged: {out}");
+}

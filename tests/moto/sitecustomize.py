@@ -5,10 +5,11 @@ product."""
 
 import apigateway_delete
 import apigateway_tags
+import apigateway_usage_plan
 import cloudwatch_cbor
 import iam_resources
 import lambda_config
 import s3_xml_roots
 
-for adapter in (s3_xml_roots, lambda_config, cloudwatch_cbor, apigateway_delete, apigateway_tags, iam_resources):
+for adapter in (s3_xml_roots, lambda_config, cloudwatch_cbor, apigateway_delete, apigateway_tags, apigateway_usage_plan, iam_resources):
     adapter.install()

@@ -71,6 +71,14 @@ pub struct TransactionPipelineSpec {
     #[serde(default)]
     pub tag_policy: TagPolicy,
 
+    /// `Never`: a resource found under one of the stack's names without the `tap.dev/pipeline` tag is a
+    /// Conflict, left untouched. `Adopt`: such a resource (made by other tooling, e.g. the Terraform
+    /// stack this controller replaces) is tagged as this pipeline's, reported in status and Events, and
+    /// then converged like any other. A resource tagged by any tap-controller pipeline is never adopted,
+    /// nor one of several same-named candidates (API Gateway names are not unique).
+    #[serde(default)]
+    pub adoption_policy: AdoptionPolicy,
+
     /// Tags added to every AWS resource of the stack: at most 48 (AWS allows 50 per resource; the
     /// controller adds `tap.dev/pipeline` and `tap.dev/suffix`), keys of 1 to 128 and values of at most
     /// 256 characters, letters, digits, spaces and `_ . : / = + - @` only; keys under `aws:` and
@@ -146,6 +154,13 @@ pub enum TagPolicy {
     #[default]
     Merge,
     Exclusive,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AdoptionPolicy {
+    #[default]
+    Never,
+    Adopt,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

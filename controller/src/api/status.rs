@@ -36,9 +36,25 @@ pub struct TransactionPipelineStatus {
     /// What clients of the stack need.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<StackOutputs>,
+    /// Resources this pipeline adopted (`adoptionPolicy: Adopt`): found under its names without a
+    /// tap-controller tag, made by other tooling, and since tagged as this pipeline's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<Adoption>,
     /// When AWS was last read in full (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<String>,
+}
+
+/// One adopted resource.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Adoption {
+    /// Resource kind, e.g. `Table`.
+    pub kind: String,
+    /// AWS name.
+    pub name: String,
+    /// When it was adopted (RFC 3339).
+    pub adopted_at: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -99,6 +115,9 @@ pub enum ResourceState {
     Waiting,
     /// A resource with this name exists but is not owned by this pipeline: left untouched.
     Conflict,
+    /// Found under this name with no tap-controller tag and adopted (`adoptionPolicy: Adopt`) in the
+    /// last reconcile: now tagged as this pipeline's.
+    Adopted,
     Failed,
     Deleted,
     /// `deletionPolicy: Retain` left it in AWS.

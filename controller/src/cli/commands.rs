@@ -180,6 +180,7 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
                     Action::Update(d) | Action::Hold(d) => ("update", d.clone()),
                     Action::Delete => ("delete", vec![]),
                     Action::Conflict(_) => ("conflict", vec![]),
+                    Action::Adopt(d) => ("adopt", d.clone()),
                     Action::Fail(_) => ("error", vec![]),
                     Action::Wait(_) => ("wait", vec![]),
                     Action::AlreadyGone | Action::Retain => ("none", vec![]),
@@ -211,9 +212,14 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
         )?;
         let count =
             |f: fn(&Action) -> bool| report.resources.iter().filter(|r| f(&r.action)).count();
+        // Like terraform's "to import", adoptions are counted only when there are some.
+        let adopt = match count(|a| matches!(a, Action::Adopt(_))) {
+            0 => String::new(),
+            n => format!("{n} to adopt, "),
+        };
         writeln!(
             stdout,
-            "plan: {} to create, {} to update, {} unchanged",
+            "plan: {} to create, {adopt}{} to update, {} unchanged",
             count(|a| matches!(a, Action::Create)),
             count(|a| matches!(a, Action::Update(_) | Action::Hold(_))),
             count(|a| matches!(a, Action::NoChange)),

@@ -35,7 +35,7 @@ pub fn write_table(out: &mut impl Write, mut table: Table) -> std::io::Result<()
 pub fn symbol(action: &Action) -> &'static str {
     match action {
         Action::NoChange | Action::Retain | Action::AlreadyGone => "=",
-        Action::Create => "+",
+        Action::Create | Action::Adopt(_) => "+",
         Action::Update(_) | Action::Hold(_) => "~",
         Action::Delete => "-",
         Action::Wait(_) => "…",
@@ -67,6 +67,13 @@ pub fn planned(r: &ResourceReport, policy: DriftPolicy) -> String {
         Action::Retain => "retained (deletionPolicy: Retain)".into(),
         Action::Wait(reason) => format!("waits: {reason}"),
         Action::Conflict(message) => format!("conflict: {message}"),
+        Action::Adopt(diffs) => {
+            let mut text = "adopt (no tap.dev/pipeline tag; adoptionPolicy Adopt)".to_string();
+            for d in diffs {
+                text.push_str(&format!("\n  {}: {} → {}", d.field, d.actual, d.expected));
+            }
+            text
+        }
         Action::Fail(e) => format!("error: {e}"),
     }
 }
@@ -77,7 +84,7 @@ pub fn done(r: &ResourceReport) -> String {
         Action::NoChange => "up to date".to_string(),
         _ => r.message(),
     };
-    if let Action::Update(diffs) | Action::Hold(diffs) = &r.action {
+    if let Action::Update(diffs) | Action::Hold(diffs) | Action::Adopt(diffs) = &r.action {
         for d in diffs {
             text.push_str(&format!("\n  {}: {} → {}", d.field, d.actual, d.expected));
         }

@@ -156,6 +156,7 @@ impl Driver for Alarms {
         };
         Ok(Some(Observed {
             parent_owner: None,
+            namesakes: 0,
             spec,
             tags,
             outputs: Outputs {

@@ -452,6 +452,7 @@ impl Driver for Tables {
             .unwrap_or_default();
         Ok(Some(Observed {
             parent_owner: None,
+            namesakes: 0,
             spec: TableSpec {
                 hash_key,
                 range_key,

@@ -154,6 +154,7 @@ impl Driver for Repositories {
             .context(ctx.id, "ecr:ListTagsForResource")?;
         Ok(Some(Observed {
             parent_owner: None,
+            namesakes: 0,
             spec: RepositorySpec {
                 scan_on_push: repository
                     .image_scanning_configuration()

@@ -209,6 +209,7 @@ impl Driver for Roles {
         );
         Ok(Some(Observed {
             parent_owner: None,
+            namesakes: 0,
             spec: RoleSpec {
                 assume_role_policy,
                 inline_policies,

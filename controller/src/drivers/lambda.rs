@@ -227,6 +227,7 @@ impl Driver for Functions {
         };
         Ok(Some(Observed {
             parent_owner: None,
+            namesakes: 0,
             spec,
             tags: user_tags(out.tags().cloned().unwrap_or_default()),
             outputs: Self::outputs(ctx, conf.function_arn()),

@@ -91,6 +91,7 @@ impl Driver for LogGroups {
             .context(ctx.id, "logs:ListTagsForResource")?;
         Ok(Some(Observed {
             parent_owner: None,
+            namesakes: 0,
             spec: LogGroupSpec {
                 retention_days: group.retention_in_days().unwrap_or(0),
             },

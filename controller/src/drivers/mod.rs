@@ -60,6 +60,9 @@ pub struct Observed<S> {
     /// For a resource that lives inside another one and has no tags of its own to prove ownership (a
     /// policy statement in a function, a stage of an API): the owner tag of that parent.
     pub parent_owner: Option<String>,
+    /// Other resources under the same name that this pipeline does not own (API Gateway does not keep
+    /// names unique): an untagged one is then not provably the one meant, so it is never adopted.
+    pub namesakes: usize,
     pub outputs: Outputs,
 }
 
@@ -69,8 +72,14 @@ impl<S> Observed<S> {
             spec,
             tags,
             parent_owner: None,
+            namesakes: 0,
             outputs,
         }
+    }
+
+    pub fn with_namesakes(mut self, namesakes: usize) -> Self {
+        self.namesakes = namesakes;
+        self
     }
 
     /// The server-assigned id the observation carries (REST API, stage, key, plan).

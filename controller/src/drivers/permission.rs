@@ -150,6 +150,7 @@ impl Driver for Permissions {
             spec,
             tags: Tags::new(),
             parent_owner: tags.tags.unwrap_or_default().remove(OWNER_TAG),
+            namesakes: 0,
             outputs: Outputs {
                 arn: Some(function_arn),
                 ..Default::default()

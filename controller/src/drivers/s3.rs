@@ -398,6 +398,7 @@ impl Driver for Buckets {
             .unwrap_or_default();
         Ok(Some(Observed {
             parent_owner: None,
+            namesakes: 0,
             spec: BucketSpec {
                 encryption,
                 block_public_access,

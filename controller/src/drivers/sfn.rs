@@ -168,6 +168,7 @@ impl Driver for StateMachines {
         }));
         Ok(Some(Observed {
             parent_owner: None,
+            namesakes: 0,
             spec: StateMachineSpec {
                 machine_type: machine.r#type().as_str().to_string(),
                 definition,

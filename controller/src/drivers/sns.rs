@@ -144,6 +144,7 @@ impl Driver for Topics {
             .context(ctx.id, "sns:ListTagsForResource")?;
         Ok(Some(Observed {
             parent_owner: None,
+            namesakes: 0,
             spec: TopicSpec {
                 attributes: managed,
                 email_subscriptions: emails.into_iter().collect(),

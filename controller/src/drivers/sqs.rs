@@ -101,6 +101,7 @@ impl Driver for Queues {
             .context(ctx.id, "sqs:ListQueueTags")?;
         Ok(Some(Observed {
             parent_owner: None,
+            namesakes: 0,
             spec: QueueSpec {
                 attributes: managed,
             },

@@ -237,6 +237,7 @@ impl Engine {
         let control = self.control(&aws, &stack, &owner);
         let policy = pipeline.spec.drift_policy;
         let tag_policy = pipeline.spec.tag_policy;
+        let adoption_policy = pipeline.spec.adoption_policy;
         let walk = walk::forward(&stack, self.concurrency, mode, |resource, deps| {
             let progress = self.progress.clone();
             let aws = aws.clone();
@@ -252,6 +253,7 @@ impl Engine {
                     mode,
                     policy,
                     tag_policy,
+                    adoption_policy,
                     memory: &shared,
                     control,
                     progress: progress.as_deref(),
@@ -299,6 +301,8 @@ impl Engine {
                         mode,
                         policy: DriftPolicy::Correct,
                         tag_policy: pipeline.spec.tag_policy,
+                        // Teardown deletes only what is proven ours: it adopts nothing.
+                        adoption_policy: crate::api::AdoptionPolicy::Never,
                         memory,
                         control,
                         progress: progress.as_deref(),

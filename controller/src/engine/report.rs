@@ -23,6 +23,9 @@ pub enum Action {
     Wait(WaitReason),
     /// Exists under our name without our ownership tag: left untouched.
     Conflict(String),
+    /// Existed under our name with no tap-controller tag and `adoptionPolicy: Adopt`: tagged as ours and
+    /// these fields converged (or, in a dry run, would be).
+    Adopt(Vec<FieldDiff>),
     /// An AWS call failed.
     Fail(AwsError),
     /// Differs from the spec but policy or backoff forbids writing now.
@@ -48,7 +51,7 @@ impl ResourceReport {
     pub fn is_done(&self) -> bool {
         match &self.action {
             Action::NoChange | Action::AlreadyGone | Action::Retain => true,
-            Action::Create | Action::Update(_) | Action::Delete => self.applied,
+            Action::Create | Action::Update(_) | Action::Adopt(_) | Action::Delete => self.applied,
             _ => false,
         }
     }
@@ -66,7 +69,7 @@ impl ResourceReport {
     pub fn usable_action(action: &Action, applied: bool) -> bool {
         match action {
             Action::NoChange | Action::Hold(_) => true,
-            Action::Create | Action::Update(_) => applied,
+            Action::Create | Action::Update(_) | Action::Adopt(_) => applied,
             _ => false,
         }
     }
@@ -80,7 +83,9 @@ impl ResourceReport {
             (Action::Update(_), false) | (Action::Hold(_), _) => ResourceState::Drifted,
             (Action::Delete, _) | (Action::AlreadyGone, _) => ResourceState::Deleted,
             (Action::Wait(_), _) => ResourceState::Waiting,
-            (Action::Conflict(_), _) => ResourceState::Conflict,
+            (Action::Adopt(_), true) => ResourceState::Adopted,
+            // Not ours until the tag is written.
+            (Action::Conflict(_), _) | (Action::Adopt(_), false) => ResourceState::Conflict,
             (Action::Fail(_), _) => ResourceState::Failed,
             (Action::Retain, _) => ResourceState::Retained,
         }
@@ -115,6 +120,28 @@ impl ResourceReport {
             Action::AlreadyGone => "already absent".into(),
             Action::Wait(reason) => reason.to_string(),
             Action::Conflict(m) => m.clone(),
+            Action::Adopt(diffs) => {
+                let verb = if self.applied {
+                    "adopted: it had no tap.dev/pipeline tag; tagged as this pipeline's"
+                } else {
+                    "would be adopted: it has no tap.dev/pipeline tag"
+                };
+                let fields: Vec<&str> = diffs
+                    .iter()
+                    .map(|d| d.field.as_str())
+                    .filter(|f| !f.starts_with("tags.tap.dev/"))
+                    .collect();
+                if fields.is_empty() {
+                    verb.to_string()
+                } else {
+                    let converged = if self.applied {
+                        "converged"
+                    } else {
+                        "to converge"
+                    };
+                    format!("{verb}; {converged}: {}", fields.join(", "))
+                }
+            }
             Action::Fail(e) => e.to_string(),
             Action::Retain => "retained (deletionPolicy: Retain)".into(),
         }
@@ -148,7 +175,11 @@ impl Report {
         self.resources.iter().any(|r| {
             matches!(
                 r.action,
-                Action::Create | Action::Update(_) | Action::Delete | Action::Hold(_)
+                Action::Create
+                    | Action::Update(_)
+                    | Action::Adopt(_)
+                    | Action::Delete
+                    | Action::Hold(_)
             )
         })
     }
@@ -172,6 +203,14 @@ impl Report {
         self.resources
             .iter()
             .filter(|r| matches!(r.action, Action::Conflict(_)))
+            .collect()
+    }
+
+    /// The resources this walk adopted (or, in a dry run, would adopt).
+    pub fn adoptions(&self) -> Vec<&ResourceReport> {
+        self.resources
+            .iter()
+            .filter(|r| matches!(r.action, Action::Adopt(_)))
             .collect()
     }
 

@@ -2,7 +2,10 @@
 //! resource, the drift entries and the outputs. The one place a walk's report becomes status; problems
 //! found before a walk (an invalid spec, a duplicate suffix) are the front end's to record.
 
-use crate::api::{ConditionType, DriftAction, Phase, ResourceStatus, TransactionPipelineStatus};
+use crate::api::{
+    Adoption, ConditionType, DriftAction, Phase, ResourceStatus, TransactionPipelineStatus,
+};
+use crate::engine::Action;
 
 use super::report::Report;
 
@@ -52,6 +55,7 @@ impl Report {
             drift: self.drift.clone(),
             drift_count: self.drift.len() as i32,
             outputs: Some(self.outputs.clone()),
+            adopted: self.adopted(previous),
             last_sync_time: Some(
                 chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             ),
@@ -84,6 +88,26 @@ impl Report {
             ),
         }
         status
+    }
+
+    /// The adoptions recorded so far and those of this walk.
+    fn adopted(&self, previous: Option<&TransactionPipelineStatus>) -> Vec<Adoption> {
+        let mut adopted = previous.map(|p| p.adopted.clone()).unwrap_or_default();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        for r in &self.resources {
+            let kind = r.id.kind.as_str();
+            let known = adopted
+                .iter()
+                .any(|a| a.kind == kind && a.name == r.id.name);
+            if r.applied && matches!(r.action, Action::Adopt(_)) && !known {
+                adopted.push(Adoption {
+                    kind: kind.to_string(),
+                    name: r.id.name.clone(),
+                    adopted_at: now.clone(),
+                });
+            }
+        }
+        adopted
     }
 
     fn ready(&self, phase: Phase) -> (bool, String) {
@@ -181,4 +205,59 @@ fn first_lines(lines: &[String]) -> String {
         out.push_str(&format!("; and {} more", lines.len() - LISTED));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::api::ResourceState;
+    use crate::desired::{Kind, ResourceId};
+    use crate::drivers::{FieldDiff, Outputs};
+    use crate::engine::{Action, Report, ResourceReport};
+
+    fn adopted_queue(action: Action, applied: bool) -> Report {
+        Report {
+            resources: vec![ResourceReport {
+                id: ResourceId::new(Kind::Queue, "tap-dev-dlq"),
+                action,
+                applied,
+                outputs: Outputs::default(),
+                remembered: false,
+                elapsed: Duration::ZERO,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_adoption_is_recorded_in_status_and_kept_by_later_walks() {
+        let diff = FieldDiff {
+            field: "attributes.MessageRetentionPeriod".into(),
+            expected: "1209600".into(),
+            actual: "345600".into(),
+        };
+        let first = adopted_queue(Action::Adopt(vec![diff]), true).status(Some(1), None, false);
+        assert_eq!(first.resources[0].state, ResourceState::Adopted);
+        assert!(
+            first.resources[0].message.starts_with("adopted")
+                && first.resources[0]
+                    .message
+                    .contains("attributes.MessageRetentionPeriod"),
+            "{}",
+            first.resources[0].message
+        );
+        assert_eq!(
+            (
+                first.adopted[0].kind.as_str(),
+                first.adopted[0].name.as_str()
+            ),
+            ("Queue", "tap-dev-dlq")
+        );
+        let later = adopted_queue(Action::NoChange, false).status(Some(1), Some(&first), false);
+        assert_eq!(later.adopted, first.adopted, "the record outlives the walk");
+        let planned = adopted_queue(Action::Adopt(vec![]), false).status(Some(1), None, false);
+        assert!(planned.adopted.is_empty(), "a dry run adopts nothing");
+        assert_eq!(planned.resources[0].state, ResourceState::Conflict);
+    }
 }

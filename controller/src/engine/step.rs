@@ -12,7 +12,7 @@ use super::control::Control;
 use super::drift::DriftMemory;
 use super::report::{Action, ResourceReport};
 use super::Mode;
-use crate::api::{DriftPolicy, TagPolicy};
+use crate::api::{AdoptionPolicy, DriftPolicy, TagPolicy};
 use crate::aws::{Aws, AwsError};
 use crate::desired::{Resource, ResourceId, ResourceSpec, Tags, OWNER_TAG};
 use crate::drivers::{self, Ctx, Driver, DriverError, Observed, Outputs};
@@ -94,6 +94,7 @@ pub(super) struct Step<'a> {
     pub mode: Mode,
     pub policy: DriftPolicy,
     pub tag_policy: TagPolicy,
+    pub adoption_policy: AdoptionPolicy,
     pub memory: &'a Mutex<DriftMemory>,
     pub control: &'a Control,
     pub progress: Option<&'a dyn super::Progress>,
@@ -258,8 +259,8 @@ impl Step<'_> {
         }
     }
 
-    /// Reads the resource; one found under our name without any ownership tag is ours only when this
-    /// pipeline recorded the intent to create it (a create that stopped before its tags were set).
+    /// Reads the resource; one found under our name without any ownership tag belongs to the pipeline
+    /// that recorded the intent to create it (a create that stopped before its tags were set), if any.
     async fn observe<D: Driver>(
         &self,
         driver: &D,
@@ -273,8 +274,8 @@ impl Step<'_> {
             if let Some(intent) = self.control.intent(id).await? {
                 if intent.owner == self.owner {
                     tracing::info!(resource = %id, since = %intent.at, "an interrupted create of ours: resumed");
-                    observed.parent_owner = Some(intent.owner);
                 }
+                observed.parent_owner = Some(intent.owner);
             }
         }
         Ok(Some(observed))
@@ -334,10 +335,13 @@ impl Step<'_> {
                 }
             }
         };
-        if let Some(conflict) = self.conflict(&observed) {
-            return Turn::saw(conflict, observed.outputs);
-        }
-        let resumed = !observed.tags.contains_key(OWNER_TAG) && id.kind.creates_untagged();
+        let adopt = match self.ownership(&observed) {
+            Ownership::Ours => false,
+            Ownership::Adoptable => true,
+            Ownership::NotOurs(conflict) => return Turn::saw(conflict, observed.outputs),
+        };
+        let resumed =
+            !adopt && !observed.tags.contains_key(OWNER_TAG) && id.kind.creates_untagged();
         let mut observed = observed;
         let changes = match self.tag_policy {
             TagPolicy::Exclusive => drivers::diff(spec, tags, &observed),
@@ -350,6 +354,11 @@ impl Step<'_> {
                 changes
             }
         };
+        if adopt {
+            return self
+                .adopt(driver, spec, observed, changes, desired_json, observed_at)
+                .await;
+        }
         if changes.is_empty() {
             self.memory().applied(id, desired_json, false);
             return Turn::saw(Action::NoChange, observed.outputs);
@@ -424,21 +433,84 @@ impl Step<'_> {
         }
     }
 
-    /// A resource under our name that this pipeline does not own: left untouched.
-    fn conflict<S>(&self, observed: &Observed<S>) -> Option<Action> {
+    /// Whether a resource found under our name is this pipeline's, may be adopted, or is left untouched.
+    fn ownership<S>(&self, observed: &Observed<S>) -> Ownership {
+        let id = &self.resource.id;
+        let conflict = |why: String| {
+            Ownership::NotOurs(Action::Conflict(format!(
+                "{id} exists but {why}: left untouched (ownership is proven by the {OWNER_TAG} tag)"
+            )))
+        };
         match observed.owner() {
-            Some(owner) if owner == self.owner => None,
-            holder => {
-                let holder = holder
-                    .map(|o| format!("owned by {o}"))
-                    .unwrap_or_else(|| "not tagged by tap-controller".into());
-                Some(Action::Conflict(format!(
-                    "{} exists but is {holder}: left untouched (ownership is proven by the {OWNER_TAG} tag)",
-                    self.resource.id
-                )))
-            }
+            Some(owner) if owner == self.owner => Ownership::Ours,
+            Some(other) => conflict(format!("is owned by {other}")),
+            None if self.adoption_policy == AdoptionPolicy::Never => conflict(
+                "is not tagged by tap-controller (adoptionPolicy: Adopt would adopt it)".into(),
+            ),
+            // Another controller's or pipeline's, half-tagged or with its pipeline tag removed by hand.
+            None if observed.tags.keys().any(|k| k.starts_with("tap.dev/")) => conflict(
+                "carries tap.dev/ tags without this pipeline's: it is not adopted".into(),
+            ),
+            None if observed.namesakes > 0 => conflict(format!(
+                "is one of {} same-named resources, none of them this pipeline's: which one to adopt is ambiguous",
+                observed.namesakes + 1
+            )),
+            None if self.policy == DriftPolicy::Report => conflict(
+                "is not tagged by tap-controller, and driftPolicy: Report writes no tag to adopt it".into(),
+            ),
+            None => Ownership::Adoptable,
         }
     }
+
+    /// Adopts an untagged resource: writes our tags and converges every differing field in one update.
+    /// In a dry run it says so. Never held back by drift backoff: until its tag is written it is not ours.
+    async fn adopt<D: Driver>(
+        &self,
+        driver: &D,
+        spec: &D::Spec,
+        observed: Observed<D::Spec>,
+        changes: drivers::Changes,
+        desired_json: serde_json::Value,
+        observed_at: Instant,
+    ) -> Turn {
+        let id = &self.resource.id;
+        if !self.writes() {
+            return Turn::saw(Action::Adopt(changes.diffs), observed.outputs);
+        }
+        if let Some(turn) = self.lock_for_write(observed_at).await {
+            return turn;
+        }
+        if changes.is_empty() {
+            // A resource without tags of its own (a stage, a permission) under an untagged parent seen
+            // before the parent was adopted: the parent's adoption makes it ours.
+            return Turn::saw(Action::Adopt(changes.diffs), observed.outputs);
+        }
+        match driver
+            .update(&self.ctx(), spec, &self.resource.tags, &observed, &changes)
+            .await
+        {
+            Ok(outputs) => {
+                tracing::info!(resource = %id, fields = changes.diffs.len(), "adopted");
+                self.memory()
+                    .corrected(id, desired_json, &changes.diffs, chrono::Utc::now());
+                let outputs = if outputs == Outputs::default() {
+                    observed.outputs
+                } else {
+                    outputs
+                };
+                Turn::did(Action::Adopt(changes.diffs), outputs)
+            }
+            Err(e) => Turn::saw(failure(e), observed.outputs),
+        }
+    }
+}
+
+/// Who a resource found under our name belongs to, as far as this pipeline may act on it.
+enum Ownership {
+    Ours,
+    /// Untagged, and `adoptionPolicy: Adopt`.
+    Adoptable,
+    NotOurs(Action),
 }
 
 fn failure(e: DriverError) -> Action {

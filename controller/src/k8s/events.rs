@@ -107,6 +107,7 @@ pub fn walk_events(
         let (type_, reason) = match (&r.action, r.applied) {
             (Action::Create, true) => (EventType::Normal, "Created"),
             (Action::Update(_), true) => (EventType::Normal, "Updated"),
+            (Action::Adopt(_), true) => (EventType::Normal, "Adopted"),
             (Action::Delete, true) => (EventType::Normal, "Deleted"),
             (Action::Fail(_), _) | (Action::Conflict(_), _) => {
                 let message = r.message();
@@ -178,6 +179,32 @@ mod tests {
         assert_eq!(failed.note.as_deref(), Some("phase Ready → Failed: boom"));
         let first = phase_changed(None, Phase::Provisioning, "").unwrap();
         assert_eq!(first.note.as_deref(), Some("phase (none) → Provisioning"));
+    }
+
+    #[test]
+    fn an_adoption_is_a_normal_event_naming_the_resource() {
+        let report = Report {
+            resources: vec![crate::engine::ResourceReport {
+                id: crate::desired::ResourceId::new(
+                    crate::desired::Kind::Table,
+                    "tap-dev-transactions",
+                ),
+                action: Action::Adopt(vec![]),
+                applied: true,
+                outputs: Default::default(),
+                remembered: false,
+                elapsed: Default::default(),
+            }],
+            ..Default::default()
+        };
+        let events = walk_events(None, &report, Phase::Ready);
+        let adopted: Vec<_> = events.iter().filter(|e| e.reason == "Adopted").collect();
+        assert_eq!(adopted.len(), 1);
+        assert_eq!(adopted[0].type_, EventType::Normal);
+        assert!(adopted[0]
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("tap-dev-transactions") && n.contains("adopted")));
     }
 
     #[test]

@@ -10,13 +10,13 @@ use crate::desired::{ApiKeySpec, Tags, OWNER_TAG};
 use super::super::{
     sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs, SecretValue,
 };
-use super::{once, patch, pick, replace, Tagging};
+use super::{once, patch, pick, replace, Picked, Tagging};
 
 pub struct ApiKeys;
 
 impl ApiKeys {
     /// The key named like the resource that this pipeline owns (see [`pick`]), and its other copies.
-    async fn find(ctx: &Ctx<'_>) -> Result<(Option<ApiKey>, Vec<ApiKey>), AwsError> {
+    async fn find(ctx: &Ctx<'_>) -> Result<Picked<ApiKey>, AwsError> {
         let all = ctx
             .aws
             .apigateway
@@ -70,21 +70,29 @@ impl Driver for ApiKeys {
         ctx: &Ctx<'_>,
         _desired: &ApiKeySpec,
     ) -> Result<Option<Observed<ApiKeySpec>>, AwsError> {
-        let (Some(key), copies) = Self::find(ctx).await? else {
+        let Picked {
+            meant: Some(key),
+            copies,
+            namesakes,
+        } = Self::find(ctx).await?
+        else {
             return Ok(None);
         };
-        Ok(Some(Observed::new(
-            ApiKeySpec {
-                description: key.description().unwrap_or_default().to_string(),
-                enabled: key.enabled(),
-                duplicates: copies
-                    .iter()
-                    .filter_map(|k| k.id().map(str::to_string))
-                    .collect(),
-            },
-            user_tags(key.tags().cloned().unwrap_or_default()),
-            Self::outputs(ctx, &key),
-        )))
+        Ok(Some(
+            Observed::new(
+                ApiKeySpec {
+                    description: key.description().unwrap_or_default().to_string(),
+                    enabled: key.enabled(),
+                    duplicates: copies
+                        .iter()
+                        .filter_map(|k| k.id().map(str::to_string))
+                        .collect(),
+                },
+                user_tags(key.tags().cloned().unwrap_or_default()),
+                Self::outputs(ctx, &key),
+            )
+            .with_namesakes(namesakes),
+        ))
     }
 
     async fn create(
@@ -112,7 +120,7 @@ impl Driver for ApiKeys {
                 .set_value(created.value)
                 .build(),
             // The answer was lost, not necessarily the key: one of ours under the name is the one made.
-            Err(e) if e.outcome_unknown() => match Self::find(ctx).await?.0 {
+            Err(e) if e.outcome_unknown() => match Self::find(ctx).await?.meant {
                 Some(key)
                     if key
                         .tags()

@@ -39,12 +39,20 @@ fn replace(path: &str, value: impl ToString) -> PatchOperation {
 /// pipeline, else the oldest (`observe` reports it and the engine's ownership check decides: a foreign
 /// one is a Conflict). When `owner` owns several (a create repeated after its answer was lost), the others
 /// are `copies`, to be deleted.
+pub(super) struct Picked<T> {
+    pub meant: Option<T>,
+    pub copies: Vec<T>,
+    /// How many same-named candidates there were besides `meant` and `copies` (another owner's, or
+    /// untagged): an untagged `meant` is then not the only one that could be meant, so not adoptable.
+    pub namesakes: usize,
+}
+
 fn pick<T>(
     mut candidates: Vec<T>,
     owner: &str,
     tags: impl Fn(&T) -> Option<&HashMap<String, String>>,
     created: impl Fn(&T) -> Option<(i64, u32)>,
-) -> (Option<T>, Vec<T>) {
+) -> Picked<T> {
     let owned_by = |c: &T| tags(c).and_then(|t| t.get(OWNER_TAG)).cloned();
     candidates.sort_by_key(|c| {
         let rank = match owned_by(c) {
@@ -54,15 +62,20 @@ fn pick<T>(
         };
         (rank, created(c))
     });
+    let total = candidates.len();
     let mut rest = candidates.into_iter();
     let meant = rest.next();
-    let copies = match &meant {
+    let copies: Vec<T> = match &meant {
         Some(m) if owned_by(m).as_deref() == Some(owner) => rest
             .filter(|c| owned_by(c).as_deref() == Some(owner))
             .collect(),
         _ => Vec::new(),
     };
-    (meant, copies)
+    Picked {
+        namesakes: total.saturating_sub(1 + copies.len()),
+        meant,
+        copies,
+    }
 }
 
 /// A create call API Gateway does not make idempotent (`CreateRestApi`, `CreateApiKey`,
@@ -76,10 +89,7 @@ fn once() -> aws_sdk_apigateway::config::Builder {
 
 /// The REST API named `name` that `ctx.owner` owns (or, failing that, a same-named other one), and the
 /// other copies it owns.
-async fn find_rest_apis(
-    ctx: &Ctx<'_>,
-    name: &str,
-) -> Result<(Option<RestApi>, Vec<RestApi>), AwsError> {
+async fn find_rest_apis(ctx: &Ctx<'_>, name: &str) -> Result<Picked<RestApi>, AwsError> {
     let all = ctx
         .aws
         .apigateway
@@ -99,7 +109,7 @@ async fn find_rest_apis(
 
 /// The REST API named `name` meant (see [`find_rest_apis`]).
 async fn find_rest_api(ctx: &Ctx<'_>, name: &str) -> Result<Option<RestApi>, AwsError> {
-    Ok(find_rest_apis(ctx, name).await?.0)
+    Ok(find_rest_apis(ctx, name).await?.meant)
 }
 
 /// The id of REST API `name`: from the dependency's outputs, else looked up (teardown and dry runs walk
@@ -185,7 +195,7 @@ mod tests {
         ];
         let pick_for = |owner: &str, list: Vec<Candidate>| {
             pick(list, owner, |c| c.1.as_ref(), |c| Some((c.2, 0)))
-                .0
+                .meant
                 .map(|c| c.0)
         };
         assert_eq!(pick_for("ns/me", candidates.clone()), Some("ours"));
@@ -197,7 +207,11 @@ mod tests {
             pick_for("ns/me", vec![("b", None, 5), ("a", None, 4)]),
             Some("a")
         );
-        let (meant, copies) = pick(
+        let Picked {
+            meant,
+            copies,
+            namesakes,
+        } = pick(
             vec![
                 ("newer", tagged(Some("ns/me")), 9),
                 ("foreign", None, 1),
@@ -212,6 +226,18 @@ mod tests {
             copies.iter().map(|c| c.0).collect::<Vec<_>>(),
             ["newer"],
             "only our own copies are extra, never the foreign one"
+        );
+        assert_eq!(namesakes, 1, "the foreign one is a namesake");
+        let untagged = pick(
+            vec![("b", None, 5), ("a", None, 4)],
+            "ns/me",
+            |c| c.1.as_ref(),
+            |c| Some((c.2, 0)),
+        );
+        assert_eq!(
+            (untagged.meant.map(|c| c.0), untagged.namesakes),
+            (Some("a"), 1),
+            "two untagged namesakes: neither is the only one"
         );
     }
 }

@@ -13,7 +13,7 @@ use crate::desired::{
 };
 
 use super::super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs};
-use super::{find_rest_apis, once, patch, replace, Tagging};
+use super::{find_rest_apis, once, patch, replace, Picked, Tagging};
 
 pub struct RestApis;
 
@@ -480,7 +480,12 @@ impl Driver for RestApis {
         ctx: &Ctx<'_>,
         desired: &RestApiSpec,
     ) -> Result<Option<Observed<RestApiSpec>>, AwsError> {
-        let (Some(api), copies) = find_rest_apis(ctx, ctx.name()).await? else {
+        let Picked {
+            meant: Some(api),
+            copies,
+            namesakes,
+        } = find_rest_apis(ctx, ctx.name()).await?
+        else {
             return Ok(None);
         };
         let api_id = api
@@ -521,11 +526,14 @@ impl Driver for RestApis {
                 .filter_map(|c| c.id().map(str::to_string))
                 .collect(),
         };
-        Ok(Some(Observed::new(
-            spec,
-            user_tags(api.tags().cloned().unwrap_or_default()),
-            Self::outputs(ctx, &api_id),
-        )))
+        Ok(Some(
+            Observed::new(
+                spec,
+                user_tags(api.tags().cloned().unwrap_or_default()),
+                Self::outputs(ctx, &api_id),
+            )
+            .with_namesakes(namesakes),
+        ))
     }
 
     async fn create(
@@ -561,7 +569,7 @@ impl Driver for RestApis {
         let api_id = match created {
             Ok(api) => api.id().map(str::to_string),
             // The answer was lost, not necessarily the API: one of ours under the name is the one made.
-            Err(e) if e.outcome_unknown() => match find_rest_apis(ctx, ctx.name()).await?.0 {
+            Err(e) if e.outcome_unknown() => match find_rest_apis(ctx, ctx.name()).await?.meant {
                 Some(api)
                     if api
                         .tags()

@@ -11,7 +11,7 @@ use crate::aws::{AwsError, Optional, ResultExt};
 use crate::desired::{Kind, Tags, UsagePlanSpec, OWNER_TAG};
 
 use super::super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs};
-use super::{once, patch, pick, replace, require_rest_api_id, rest_api_id, Tagging};
+use super::{once, patch, pick, replace, require_rest_api_id, rest_api_id, Picked, Tagging};
 
 pub struct UsagePlans;
 
@@ -73,7 +73,7 @@ impl UsagePlans {
     }
 
     /// The plan named like the resource that this pipeline owns (see [`pick`]), and its other copies.
-    async fn find_plans(ctx: &Ctx<'_>) -> Result<(Option<UsagePlan>, Vec<UsagePlan>), AwsError> {
+    async fn find_plans(ctx: &Ctx<'_>) -> Result<Picked<UsagePlan>, AwsError> {
         let all = ctx
             .aws
             .apigateway
@@ -157,7 +157,12 @@ impl Driver for UsagePlans {
         ctx: &Ctx<'_>,
         desired: &UsagePlanSpec,
     ) -> Result<Option<Observed<UsagePlanSpec>>, AwsError> {
-        let (Some(plan), copies) = Self::find_plans(ctx).await? else {
+        let Picked {
+            meant: Some(plan),
+            copies,
+            namesakes,
+        } = Self::find_plans(ctx).await?
+        else {
             return Ok(None);
         };
         let plan_id = plan.id().unwrap_or_default().to_string();
@@ -209,11 +214,14 @@ impl Driver for UsagePlans {
                 .filter_map(|p| p.id().map(str::to_string))
                 .collect(),
         };
-        Ok(Some(Observed::new(
-            spec,
-            user_tags(plan.tags().cloned().unwrap_or_default()),
-            Self::outputs(ctx, &plan_id),
-        )))
+        Ok(Some(
+            Observed::new(
+                spec,
+                user_tags(plan.tags().cloned().unwrap_or_default()),
+                Self::outputs(ctx, &plan_id),
+            )
+            .with_namesakes(namesakes),
+        ))
     }
 
     async fn create(
@@ -257,7 +265,7 @@ impl Driver for UsagePlans {
         let plan_id = match plan {
             Ok(plan) => plan.id().map(str::to_string),
             // The answer was lost, not necessarily the plan: one of ours under the name is the one made.
-            Err(e) if e.outcome_unknown() => match Self::find_plans(ctx).await?.0 {
+            Err(e) if e.outcome_unknown() => match Self::find_plans(ctx).await?.meant {
                 Some(plan)
                     if plan
                         .tags()
