@@ -281,3 +281,54 @@ async fn a_stack_deployed_by_other_tooling_is_adopted_only_when_asked() -> anyho
     );
     Ok(())
 }
+
+/// What cannot be proven to be the one meant is never adopted: one of two same-named untagged API keys
+/// (API Gateway does not keep names unique), or a queue carrying another tap-controller's `tap.dev/` tag.
+#[tokio::test]
+async fn an_ambiguous_or_half_tagged_resource_is_not_adopted() -> anyhow::Result<()> {
+    let emu = moto().await?;
+    let sdk = quick_retries(emu.sdk_config());
+    let engine = engine(sdk.clone(), ClientOptions::default());
+    let aws = clients(&engine).await?;
+    let suffix = "legacy2";
+    for _ in 0..2 {
+        aws.apigateway
+            .create_api_key()
+            .name(format!("tap-{suffix}-api-key"))
+            .enabled(true)
+            .send()
+            .await?;
+    }
+    aws.sqs
+        .create_queue()
+        .queue_name(format!("tap-{suffix}-dlq"))
+        .tags("tap.dev/suffix", suffix)
+        .send()
+        .await?;
+    let mut adopt = spec(suffix);
+    adopt.adoption_policy = AdoptionPolicy::Adopt;
+    let (report, _) = apply_counted(&engine, &aws, &adopt, 3).await?;
+    let message = |kind: &str| {
+        report
+            .resources
+            .iter()
+            .find(|r| r.id.kind.as_str() == kind && matches!(r.action, Action::Conflict(_)))
+            .map(|r| r.message())
+    };
+    let key = message("ApiKey").context("the API key is not a Conflict")?;
+    ensure!(key.contains("one of 2 same-named resources"), "{key}");
+    let queue = message("Queue").context("the queue is not a Conflict")?;
+    ensure!(queue.contains("carries tap.dev/ tags"), "{queue}");
+    ensure!(by_action(&report, |a| matches!(a, Action::Adopt(_))).is_empty());
+    let keys = aws.apigateway.get_api_keys().send().await?;
+    ensure!(
+        keys.items().len() == 2
+            && keys
+                .items()
+                .iter()
+                .all(|k| k.tags().is_none_or(|t| t.is_empty())),
+        "the keys were changed: {:?}",
+        keys.items()
+    );
+    Ok(())
+}
