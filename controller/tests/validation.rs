@@ -97,6 +97,9 @@ fn cases() -> Vec<Case> {
         case("period not 10, 30 or a minute multiple", "periodSeconds: 300", "periodSeconds: 45", "spec.alarms.periodSeconds", Refuses),
         case("period over a day", "periodSeconds: 300", "periodSeconds: 90000", "spec.alarms.periodSeconds", Refuses),
         case("region", "region: us-east-1", "region: mars-north-1", "spec.region", Refuses),
+        case("role ARN of a user", "region: us-east-1", "region: us-east-1\n  aws: {roleArn: 'arn:aws:iam::123456789012:user/deployer'}", "spec.aws.roleArn", Refuses),
+        case("role ARN without an account", "region: us-east-1", "region: us-east-1\n  aws: {roleArn: 'arn:aws:iam:::role/deployer'}", "spec.aws.roleArn", Refuses),
+        case("external id with spaces", "region: us-east-1", "region: us-east-1\n  aws: {roleArn: 'arn:aws:iam::123456789012:role/deployer', externalId: 'a b'}", "spec.aws.externalId", Refuses),
         case("name of 300 characters", "name: p,", format!("name: {},", "p".repeat(300)), "metadata.name", Refuses),
         case("memory", csv, "csvValidator: {image: {tag: v1}, memoryMb: 64}", "spec.functions.csvValidator.memoryMb", Refuses),
     ]

@@ -181,6 +181,24 @@ impl Emulator {
         Ok(())
     }
 
+    /// A GET of the emulator's control API, as JSON (moto's `/moto-api/data.json`: every model it holds).
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        use http_body_util::{BodyExt, Empty};
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Empty<axum::body::Bytes>>();
+        let response = client
+            .get(format!("{}{path}", self.endpoint).parse()?)
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("GET {path} answered {status}");
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+
     /// The emulator's process id (to read its memory use).
     pub fn pid(&self) -> u32 {
         self.child.id()

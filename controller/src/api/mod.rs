@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 pub use status::*;
 pub use validate::{
     validate, validate_metadata, validate_stack, ValidationError, ValidationErrors, EMAIL_PATTERN,
-    IMAGE_TAG_PATTERN, IMAGE_URI_PATTERN, LAMBDA_RESERVED_ENV, LOG_RETENTION_DAYS,
-    MAX_ENVIRONMENT_BYTES, MAX_NAME_LENGTH, MAX_SPEC_TAGS, MAX_TAGS, REGIONS, RESERVED_ENV,
-    TAG_CHARACTERS_PATTERN,
+    EXTERNAL_ID_PATTERN, IMAGE_TAG_PATTERN, IMAGE_URI_PATTERN, LAMBDA_RESERVED_ENV,
+    LOG_RETENTION_DAYS, MAX_ENVIRONMENT_BYTES, MAX_NAME_LENGTH, MAX_SPEC_TAGS, MAX_TAGS, REGIONS,
+    RESERVED_ENV, ROLE_ARN_PATTERN, TAG_CHARACTERS_PATTERN,
 };
 
 pub const GROUP: &str = "tap.dev";
@@ -38,6 +38,8 @@ pub const FINALIZER: &str = "tap.dev/cleanup";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Drift","type":"integer","jsonPath":".status.driftCount"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.outputs.apiEndpoint","priority":1}"#,
+    printcolumn = r#"{"name":"Account","type":"string","jsonPath":".status.outputs.accountId","priority":1}"#,
+    printcolumn = r#"{"name":"Region","type":"string","jsonPath":".status.outputs.region","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -56,6 +58,10 @@ pub struct TransactionPipelineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = REGIONS))]
     pub region: Option<String>,
+
+    /// Credentials for this pipeline's AWS calls. Default: the controller's own (its pod's role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsAccess>,
 
     /// What deleting this resource does in AWS: `Delete` tears the whole stack down (the bucket is
     /// emptied, repositories are force-deleted); `Retain` leaves AWS untouched.
@@ -140,6 +146,21 @@ fn environment_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 
 fn default_log_retention_days() -> i32 {
     14
+}
+
+/// Another account's role, assumed through STS for every call of this pipeline (cross-account).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsAccess {
+    /// ARN of the IAM role to assume, `arn:<partition>:iam::<12-digit account>:role/<path/name>`; its
+    /// trust policy must allow the controller's identity.
+    #[schemars(regex(pattern = ROLE_ARN_PATTERN), length(max = 2048))]
+    pub role_arn: String,
+    /// The external id the role's trust policy requires (`sts:ExternalId`), 2 to 1224 characters of
+    /// letters, digits and `+=,.@:/-_`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = EXTERNAL_ID_PATTERN), length(min = 2, max = 1224))]
+    pub external_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -159,6 +159,12 @@ pub enum DriftAction {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StackOutputs {
+    /// The AWS account the stack lives in (the assumed role's, with `spec.aws.roleArn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// The AWS region the stack lives in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// URL clients POST CSV files to (`…/<stage>/upload`; send the API key in `x-api-key`).
     pub api_endpoint: Option<String>,

@@ -108,6 +108,10 @@ pub const REGIONS: &[&str] = &[
 pub const TAG_CHARACTERS_PATTERN: &str = r"^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$";
 
 /// An image tag in the stack's own repository.
+/// An IAM role ARN (`arn:aws:iam::123456789012:role/path/name`).
+pub const ROLE_ARN_PATTERN: &str = r"^arn:aws(-cn|-us-gov|-eusc)?:iam::[0-9]{12}:role/([\x21-\x7e]{1,510}/)?[A-Za-z0-9+=,.@_-]{1,64}$";
+/// What STS accepts as an external id.
+pub const EXTERNAL_ID_PATTERN: &str = r"^[A-Za-z0-9+=,.@:/_-]{2,1224}$";
 pub const IMAGE_TAG_PATTERN: &str = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$";
 
 /// An ECR image URI with a tag or a digest (the only registry Lambda pulls from).
@@ -326,6 +330,23 @@ pub fn validate(spec: &TransactionPipelineSpec) -> Result<(), ValidationErrors> 
             "spec.region",
             format!("must be an AWS region such as us-east-1 or eu-west-1 (got {region:?})"),
         );
+    }
+    if let Some(access) = &spec.aws {
+        c.check(
+            access.role_arn.len() <= 2048 && re_match!(ROLE_ARN_PATTERN, &access.role_arn),
+            "spec.aws.roleArn",
+            format!(
+                "must be an IAM role ARN, arn:aws:iam::<12-digit account>:role/<name> (got {:?})",
+                access.role_arn
+            ),
+        );
+        if let Some(id) = &access.external_id {
+            c.check(
+                re_match!(EXTERNAL_ID_PATTERN, id),
+                "spec.aws.externalId",
+                "must be 2 to 1224 letters, digits or +=,.@:/-_ (what STS accepts)",
+            );
+        }
     }
     c.check(
         spec.tags.len() <= MAX_SPEC_TAGS,

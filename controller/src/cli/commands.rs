@@ -54,7 +54,7 @@ async fn prepare(args: &ManifestArgs, verb: &'static str) -> anyhow::Result<Prep
             timeout: Duration::from_secs(args.lock_timeout),
             ..LockOptions::default()
         });
-    let aws = engine.aws(pipeline.spec.region.as_deref()).await?;
+    let aws = engine.aws_for(&pipeline.spec).await?;
     let owner = pipeline.owner_key();
     let env = StackEnv {
         account_id: aws.account_id.clone(),

@@ -108,7 +108,8 @@ pub fn parse_manifest(text: &str, path: &str) -> Result<TransactionPipeline, Man
     let pipeline =
         serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
             let mut note = |field: serde_ignored::Path<'_>| {
-                let field = field.to_string();
+                // serde_ignored writes `?` for the inside of an `Option`: not a segment users see.
+                let field = field.to_string().replace(".?.", ".");
                 if field != "apiVersion" && field != "kind" {
                     unknown.push(field);
                 }
@@ -220,6 +221,16 @@ spec:
             err.contains("unknown field spec.functions.csvValidator.memoryMB"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_unknown_field_inside_an_optional_object_is_named_by_its_path() {
+        let yaml = BASE.replace(
+            "spec:\n",
+            "spec:\n  aws: {roleArn: 'arn:aws:iam::123456789012:role/d', externalID: abc}\n",
+        );
+        let err = refused(&yaml);
+        assert!(err.contains("unknown field spec.aws.externalID"), "{err}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub use drift::DriftMemory;
 pub use lock::{cli_holder, LockHolder, LockOptions, LOCKED};
 pub use report::{Action, Report, ResourceReport};
 
-use crate::api::{DriftPolicy, StackOutputs, TransactionPipelineSpec, ValidationErrors};
+use crate::api::{AwsAccess, DriftPolicy, StackOutputs, TransactionPipelineSpec, ValidationErrors};
 use crate::aws::{self, Aws, AwsError, ClientOptions};
 use crate::desired::{self, names, Kind, Stack, StackEnv, Tags};
 use crate::drivers::{self, Outputs};
@@ -39,8 +39,13 @@ pub enum Mode {
 pub enum EngineError {
     #[error(transparent)]
     Invalid(#[from] ValidationErrors),
-    #[error("connecting to AWS in {region}: {source}")]
-    Connect { region: String, source: AwsError },
+    /// `as_role`: ` as <role ARN>` when the pipeline's calls assume one (its trust policy, external id).
+    #[error("connecting to AWS in {region}{as_role}: {source}")]
+    Connect {
+        region: String,
+        as_role: String,
+        source: AwsError,
+    },
 }
 
 /// Reading or removing a stack's lock.
@@ -59,7 +64,8 @@ pub struct Engine {
     pub concurrency: usize,
     /// Tags added to every resource (the controller's `--extra-tags`).
     pub extra_tags: Tags,
-    clients: tokio::sync::Mutex<HashMap<String, Aws>>,
+    /// Clients by region and assumed role (none: the engine's own credentials), built once each.
+    clients: tokio::sync::Mutex<HashMap<(String, Option<AwsAccess>), Aws>>,
     options: ClientOptions,
     observer: Option<crate::aws::Observer>,
     error_observer: Option<crate::aws::ErrorObserver>,
@@ -172,24 +178,66 @@ impl Engine {
             .unwrap_or_else(|| "us-east-1".into())
     }
 
-    /// The clients for a region (built once; the account id is read from STS once).
+    /// The clients for a region with the engine's own credentials (see [`Engine::clients`]).
     pub async fn aws(&self, region: Option<&str>) -> Result<Aws, EngineError> {
+        self.clients(region, None).await
+    }
+
+    /// The clients a pipeline's calls go through: its region, and its `spec.aws` role when it has one.
+    pub async fn aws_for(&self, spec: &TransactionPipelineSpec) -> Result<Aws, EngineError> {
+        self.clients(spec.region.as_deref(), spec.aws.as_ref())
+            .await
+    }
+
+    /// The clients for a region, acting as `role` (assumed through STS, refreshed before it expires)
+    /// or with the engine's own credentials; built once each, the account id read from STS once.
+    async fn clients(
+        &self,
+        region: Option<&str>,
+        role: Option<&AwsAccess>,
+    ) -> Result<Aws, EngineError> {
         let region = region
             .map(str::to_string)
             .unwrap_or_else(|| self.default_region());
+        let key = (region.clone(), role.cloned());
         let mut clients = self.clients.lock().await;
-        if let Some(aws) = clients.get(&region) {
+        if let Some(aws) = clients.get(&key) {
             return Ok(aws.clone());
         }
-        let sdk = self
+        let mut sdk = self
             .sdk
             .to_builder()
             .region(aws_config::Region::new(region.clone()))
             .build();
+        if let Some(role) = role {
+            if sdk.time_source().is_none() {
+                // The provider dates its credentials' expiry; an SdkConfig built by hand has no clock.
+                sdk = sdk
+                    .to_builder()
+                    .time_source(aws_smithy_async::time::SystemTimeSource::new())
+                    .build();
+            }
+            let mut provider = aws_config::sts::AssumeRoleProvider::builder(&role.role_arn)
+                .session_name("tap-controller")
+                .configure(&sdk);
+            if let Some(id) = &role.external_id {
+                provider = provider.external_id(id);
+            }
+            let provider = provider.build().await;
+            sdk = sdk
+                .to_builder()
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+                )
+                .build();
+        }
         let aws = Aws::connect_with(&sdk, &self.options)
             .await
             .map_err(|source| EngineError::Connect {
                 region: region.clone(),
+                as_role: role
+                    .map(|r| format!(" as {}", r.role_arn))
+                    .unwrap_or_default(),
                 source,
             })?;
         if let Some(observer) = &self.observer {
@@ -198,14 +246,14 @@ impl Engine {
         if let Some(observer) = &self.error_observer {
             aws.calls.set_error_observer(observer.clone());
         }
-        clients.insert(region, aws.clone());
+        clients.insert(key, aws.clone());
         Ok(aws)
     }
 
     /// Validates the spec and builds the desired stack. No AWS call but STS (once per region).
     pub async fn desired(&self, pipeline: &Pipeline<'_>) -> Result<(Aws, Stack), EngineError> {
         crate::api::validate(pipeline.spec)?;
-        let aws = self.aws(pipeline.spec.region.as_deref()).await?;
+        let aws = self.aws_for(pipeline.spec).await?;
         let env = StackEnv {
             account_id: aws.account_id.clone(),
             region: aws.region.clone(),
@@ -410,6 +458,8 @@ fn stack_outputs(
             .filter(|o| **o != Outputs::default())
     };
     let mut outputs = StackOutputs {
+        account_id: Some(stack.env.account_id.clone()),
+        region: Some(stack.env.region.clone()),
         bucket_name: out(Kind::Bucket, &names::bucket(suffix, &stack.env.account_id))
             .map(|_| names::bucket(suffix, &stack.env.account_id)),
         transactions_table: out(Kind::Table, &names::transactions_table(suffix))

@@ -71,10 +71,11 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     InvalidSpec(#[from] ValidationErrors),
-    /// The clients for the pipeline's region could not be built (STS failed).
-    #[error("connecting to AWS in {region}: {source}")]
+    /// The clients for the pipeline's region could not be built (STS failed, or assuming its role).
+    #[error("connecting to AWS in {region}{as_role}: {source}")]
     Connect {
         region: String,
+        as_role: String,
         #[source]
         source: AwsError,
     },

@@ -3,6 +3,7 @@
 //! resources someone else made under our names. Against moto (the fault proxy and the crash interceptor
 //! need nothing else); each test starts its own emulator.
 
+mod accounts;
 mod adopt;
 mod crash;
 mod faults;

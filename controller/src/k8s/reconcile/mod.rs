@@ -305,8 +305,16 @@ fn engine_failed(p: &TransactionPipeline, error: EngineError, ctx: &Context) -> 
                 ..Outcome::requeue(Action::requeue(ctx.resync))
             }
         }
-        EngineError::Connect { region, source } => {
-            let error = Error::Connect { region, source };
+        EngineError::Connect {
+            region,
+            as_role,
+            source,
+        } => {
+            let error = Error::Connect {
+                region,
+                as_role,
+                source,
+            };
             let category = error.category();
             let phase = if category.is_transient() {
                 previous_phase(p).unwrap_or(Phase::Provisioning)
@@ -435,8 +443,16 @@ async fn cleanup(
                 ..Outcome::requeue(Action::await_change())
             }
         }
-        Err(EngineError::Connect { region, source }) => {
-            let error = Error::Connect { region, source };
+        Err(EngineError::Connect {
+            region,
+            as_role,
+            source,
+        }) => {
+            let error = Error::Connect {
+                region,
+                as_role,
+                source,
+            };
             Outcome {
                 events: vec![events::problem(
                     error.category(),
