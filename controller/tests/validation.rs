@@ -198,3 +198,65 @@ fn every_invalid_manifest_is_refused_by_the_cli_and_where_it_can_by_the_crd() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// The same table against a real API server, when `KUBECONFIG` names one (kind in the GitHub workflow):
+/// the CRD is applied, the base manifest is accepted and every case the CRD refuses is refused, naming
+/// the field (server-side dry run: nothing is stored). Without a cluster it prints why and returns.
+#[tokio::test]
+async fn a_real_api_server_refuses_what_the_crd_refuses_when_kubeconfig_names_one() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+    use kube::core::ApiResource;
+    use kube::runtime::wait::{await_condition, conditions};
+
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = match tap_tests::cluster::from_kubeconfig().await {
+        Ok(client) => client,
+        Err(reason) => {
+            eprintln!("SKIP the API server check: {reason} (the table was checked against the generated schema and CEL rules)");
+            return;
+        }
+    };
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = TransactionPipeline::crd();
+    let name = crd.metadata.name.clone().unwrap();
+    crds.patch(
+        &name,
+        &PatchParams::apply("tap-validation-test").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("the CRD applies");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("the CRD is established within 60 s")
+    .unwrap();
+    let resource = ApiResource::erase::<TransactionPipeline>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client, "default", &resource);
+    let dry_run = PostParams {
+        dry_run: true,
+        field_manager: None,
+    };
+    let object = |text: &str| -> DynamicObject {
+        serde_json::from_value(serde_saphyr::from_str::<Value>(text).unwrap()).unwrap()
+    };
+    api.create(&dry_run, &object(BASE))
+        .await
+        .expect("the API server accepts the base manifest");
+    let mut wrong = Vec::new();
+    let mut refused = 0;
+    for c in cases().into_iter().filter(|c| c.crd == Crd::Refuses) {
+        let text = BASE.replacen(c.from, &c.to, 1);
+        let leaf = c.field.rsplit('.').next().unwrap();
+        match api.create(&dry_run, &object(&text)).await {
+            Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains(leaf) => refused += 1,
+            Err(e) => wrong.push(format!("{}: refused, but not naming {leaf}: {e}", c.name)),
+            Ok(_) => wrong.push(format!("{}: the API server accepts it", c.name)),
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    eprintln!("the API server refused all {refused} cases the CRD refuses");
+}

@@ -1,4 +1,5 @@
 //! Test support shared by the integration tests, the Lambda handler tests and the benchmarks:
+//! - [`cluster`]: the Kubernetes cluster `KUBECONFIG` names, if any;
 //! - [`emulator`]: a local AWS emulator (moto or ministack) on a free loopback port;
 //! - [`stack`]: a desired stack built against it, its resources picked by kind, images pushed;
 //! - [`lifecycle`]: one driver on one resource, through create → converged → drift → correction →
@@ -8,6 +9,7 @@
 //!   what an account holds of a stack, and whole passes of apply and destroy;
 //! - [`scale`]: the scale benchmark's recording AWS proxy, controller process and `/proc` readings (Linux).
 
+pub mod cluster;
 pub mod datapath;
 pub mod emulator;
 pub mod faults;
