@@ -455,3 +455,58 @@ async fn plan_and_apply_show_the_adoption_of_a_stack_other_tooling_deployed() {
     let (code, out, _) = run(&emu, &["plan", "-f", adopt.to_str().unwrap()]);
     assert_eq!(code, 0, "adopted and converged: {out}");
 }
+
+/// `destroy` repeats passes while the only failures are transient: here Lambda throttles DeleteFunction
+/// (microburst in front of moto) more often than one pass's tries absorb, and the command goes on until
+/// the stack is gone, saying so, and exits 0.
+#[tokio::test]
+async fn destroy_retries_the_rest_after_a_pass_that_was_throttled() {
+    let emu = Emulator::start_kind(EmulatorKind::Moto).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(&dir, "cli5", 512);
+    let file = file.to_str().unwrap();
+    let (code, _, _) = run(&emu, &["apply", "-f", file]);
+    assert_eq!(code, 3, "waits for images");
+    push_images(&emu, "cli5").await;
+    let (code, out, err) = run(&emu, &["apply", "-f", file]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let proxy = tap_tests::faults::Microburst::start(&emu).await.unwrap();
+    // One attempt per call (AWS_MAX_ATTEMPTS=1): a pass tries each resource 3 times, so 9 throttles of
+    // DeleteFunction fail all three functions' tries in the first pass; the second pass deletes them.
+    proxy
+        .set_rules(serde_json::json!([{
+            "service": "lambda",
+            "operation": "DeleteFunction",
+            "times": 9,
+            "error": {"code": "TooManyRequestsException", "status": 429, "message": "Rate exceeded"},
+        }]))
+        .await
+        .unwrap();
+    let out = command(&emu, &["destroy", "-f", file, "--auto-approve"])
+        .env("AWS_ENDPOINT_URL", &proxy.endpoint)
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("pass 1:")
+            && format!("{stdout}{stderr}").contains("retrying the rest"),
+        "no retried pass: {stdout}{stderr}"
+    );
+    let throttled: u64 = proxy.fired().await.unwrap().iter().map(|(_, n)| n).sum();
+    assert_eq!(throttled, 9, "the throttles fired");
+    assert!(
+        stdout.contains("destroy: 31 of 31 resources gone"),
+        "{stdout}"
+    );
+    let (code, out, _) = run(&emu, &["plan", "-f", file]);
+    assert!(
+        code == 2 && out.contains("plan: 30 to create"),
+        "nothing is left: {out}"
+    );
+}
