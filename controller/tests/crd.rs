@@ -74,9 +74,9 @@ fn api_contract_names_and_printer_columns() {
         .collect();
     assert_eq!(
         columns,
-        ["Suffix", "Phase", "Ready", "Drift", "Endpoint", "Age"]
+        ["Suffix", "Phase", "Ready", "Drift", "Endpoint", "Account", "Region", "Age"]
     );
-    // ENDPOINT only with `-o wide`.
+    // ENDPOINT, ACCOUNT and REGION only with `-o wide`.
     let priority = |name: &str| {
         version["additionalPrinterColumns"]
             .as_array()
@@ -89,6 +89,8 @@ fn api_contract_names_and_printer_columns() {
             .unwrap_or(0)
     };
     assert_eq!(priority("Endpoint"), 1);
+    assert_eq!(priority("Account"), 1);
+    assert_eq!(priority("Region"), 1);
     assert_eq!(priority("Phase"), 0);
     let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"];
     let conditions = &status["properties"]["conditions"];
