@@ -223,7 +223,9 @@ impl Engine {
             if let Some(id) = &role.external_id {
                 provider = provider.external_id(id);
             }
-            let provider = provider.build().await;
+            // Boxed, like the connect below: these large futures run once per client set and would
+            // otherwise sit inline in every walk's future (a stack overflow in debug builds).
+            let provider = Box::pin(provider.build()).await;
             sdk = sdk
                 .to_builder()
                 .credentials_provider(
@@ -231,7 +233,7 @@ impl Engine {
                 )
                 .build();
         }
-        let aws = Aws::connect_with(&sdk, &self.options)
+        let aws = Box::pin(Aws::connect_with(&sdk, &self.options))
             .await
             .map_err(|source| EngineError::Connect {
                 region: region.clone(),
