@@ -225,10 +225,13 @@ impl Driver for Functions {
             // A driver input, not a managed field.
             image_in_repository: desired.image_in_repository.clone(),
         };
+        let tags = user_tags(out.tags().cloned().unwrap_or_default());
+        // Its permission statements are proven ours by these tags (read once per walk).
+        super::batch::note_function_tags(ctx.name(), &tags);
         Ok(Some(Observed {
             parent_owner: None,
             spec,
-            tags: user_tags(out.tags().cloned().unwrap_or_default()),
+            tags,
             outputs: Self::outputs(ctx, conf.function_arn()),
         }))
     }

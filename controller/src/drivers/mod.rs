@@ -4,6 +4,7 @@
 //! Not-found on delete is success.
 
 pub mod apigateway;
+pub mod batch;
 pub mod cloudwatch;
 pub mod dynamodb;
 pub mod ecr;

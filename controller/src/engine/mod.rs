@@ -260,7 +260,12 @@ impl Engine {
                 .await
             }
         });
-        let (reports, calls) = aws::scope(under_lock(&control, mode, walk)).await;
+        let batch = Arc::new(drivers::batch::Batch::for_stack(&stack));
+        let (reports, calls) = aws::scope(drivers::batch::scope(
+            batch,
+            under_lock(&control, mode, walk),
+        ))
+        .await;
         let (reports, locked_by) = reports;
         *memory = Arc::try_unwrap(shared)
             .map(|m| m.into_inner().expect("drift memory poisoned"))
