@@ -163,6 +163,9 @@ impl TagApi for Functions {
 impl Driver for Functions {
     type Spec = FunctionSpec;
 
+    /// `CreateFunction` answers `ResourceConflictException` (its image check before it only reads).
+    const CREATE_REFUSES_EXISTING: bool = true;
+
     async fn observe(
         &self,
         ctx: &Ctx<'_>,

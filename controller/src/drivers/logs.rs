@@ -61,6 +61,9 @@ impl TagApi for LogGroups {
 impl Driver for LogGroups {
     type Spec = LogGroupSpec;
 
+    /// `CreateLogGroup` answers `ResourceAlreadyExistsException`.
+    const CREATE_REFUSES_EXISTING: bool = true;
+
     async fn observe(
         &self,
         ctx: &Ctx<'_>,
