@@ -476,6 +476,10 @@ mod bench {
         proxy_by_service: BTreeMap<String, (usize, usize, usize)>,
         /// Not-found reads per operation.
         proxy_not_found_by_operation: BTreeMap<String, usize>,
+        /// Per `service operation`: (requests, summed upstream seconds, slowest upstream seconds).
+        proxy_upstream_by_operation: BTreeMap<String, (usize, f64, f64)>,
+        /// Summed upstream time of every request, seconds (over the wall time: requests in flight).
+        proxy_upstream_seconds: f64,
         cpu: Cpu,
         /// Controller VmHWM over the phase (reset at its start), MiB.
         controller_peak_rss_mib: f64,
@@ -530,7 +534,15 @@ mod bench {
         let proxied: Vec<Call> = tap.calls_since(start.tap);
         let mut by_service: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
         let mut not_found_by_operation: BTreeMap<String, usize> = BTreeMap::new();
+        let mut upstream: BTreeMap<String, (usize, f64, f64)> = BTreeMap::new();
         for call in &proxied {
+            let secs = call.latency.as_secs_f64();
+            let op = upstream
+                .entry(format!("{} {}", call.service, call.operation))
+                .or_default();
+            op.0 += 1;
+            op.1 += secs;
+            op.2 = op.2.max(secs);
             let entry = by_service.entry(call.service.clone()).or_default();
             if call.read {
                 entry.0 += 1;
@@ -581,6 +593,8 @@ mod bench {
             },
             proxy_by_service: by_service,
             proxy_not_found_by_operation: not_found_by_operation,
+            proxy_upstream_seconds: proxied.iter().map(|c| c.latency.as_secs_f64()).sum(),
+            proxy_upstream_by_operation: upstream,
             cpu: Cpu {
                 controller: c.cpu_seconds - start.procs.0.cpu_seconds,
                 moto: m.cpu_seconds - start.procs.1.cpu_seconds,
@@ -1533,6 +1547,34 @@ mod bench {
                 line("|---|---:|".into());
                 for (op, n) in &c.proxy_not_found_by_operation {
                     line(format!("| {op} | {:.2} |", per(*n as u64, f.pipelines)));
+                }
+            }
+            for (name, phase) in [
+                ("fresh → Ready", &f.create),
+                ("resync", &f.resync),
+                ("teardown", &f.teardown),
+            ] {
+                let Some(p) = phase else { continue };
+                line(String::new());
+                line(format!(
+                    "Where the endpoint's time goes, {name} ({} requests, {:.1} s summed upstream time over {:.1} s wall: {:.1} in flight on average; moto CPU {:.1} s), the 12 largest sums:\n",
+                    p.proxy_requests,
+                    p.proxy_upstream_seconds,
+                    p.wall_seconds,
+                    p.proxy_upstream_seconds / p.wall_seconds.max(1e-9),
+                    p.cpu.moto
+                ));
+                line("| service operation | requests | summed upstream | mean | slowest |".into());
+                line("|---|---:|---:|---:|---:|".into());
+                let mut ops: Vec<(&String, &(usize, f64, f64))> =
+                    p.proxy_upstream_by_operation.iter().collect();
+                ops.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+                for (op, (n, sum, max)) in ops.into_iter().take(12) {
+                    line(format!(
+                        "| {op} | {n} | {sum:.1} s | {:.1} ms | {:.0} ms |",
+                        sum * 1000.0 / *n as f64,
+                        max * 1000.0
+                    ));
                 }
             }
             line(String::new());

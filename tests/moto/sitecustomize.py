@@ -13,3 +13,10 @@ import s3_xml_roots
 
 for adapter in (s3_xml_roots, lambda_config, cloudwatch_cbor, apigateway_delete, apigateway_tags, apigateway_usage_plan, iam_resources):
     adapter.install()
+
+# The emulator's request log goes to /dev/null in every harness, yet formatting and writing it (werkzeug's
+# per-request INFO line through colorama, under the logging lock) took about a fifth of moto's samples in
+# a py-spy profile of the 100-pipeline scale benchmark: keep warnings and errors only.
+import logging
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)

@@ -40,7 +40,8 @@ pub struct TransactionPipelineStatus {
     /// tap-controller tag, made by other tooling, and since tagged as this pipeline's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adopted: Vec<Adoption>,
-    /// When AWS was last read in full (RFC 3339).
+    /// When a full read of AWS last changed this status (RFC 3339). A resync that finds everything as
+    /// recorded does not rewrite the status (no write to the API server), so this time stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<String>,
 }

@@ -89,19 +89,23 @@ impl Driver for Alarms {
         ctx: &Ctx<'_>,
         _desired: &AlarmSpec,
     ) -> Result<Option<Observed<AlarmSpec>>, AwsError> {
-        let page = ctx
-            .aws
-            .cloudwatch
-            .describe_alarms()
-            .alarm_names(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "cloudwatch:DescribeAlarms")?;
-        let Some(alarm) = page
-            .metric_alarms()
-            .iter()
-            .find(|a| a.alarm_name() == Some(ctx.name()))
-        else {
+        // The stack's alarms in one DescribeAlarms per walk (see `batch`), else this one alone.
+        let alarm = match super::batch::alarm(ctx).await {
+            Some(alarm) => alarm,
+            None => ctx
+                .aws
+                .cloudwatch
+                .describe_alarms()
+                .alarm_names(ctx.name())
+                .send()
+                .await
+                .context(ctx.id, "cloudwatch:DescribeAlarms")?
+                .metric_alarms
+                .unwrap_or_default()
+                .into_iter()
+                .find(|a| a.alarm_name() == Some(ctx.name())),
+        };
+        let Some(alarm) = alarm else {
             return Ok(None);
         };
         let arn = alarm

@@ -399,6 +399,9 @@ impl TagApi for Tables {
 impl Driver for Tables {
     type Spec = TableSpec;
 
+    /// `CreateTable` answers `ResourceInUseException` for an existing table.
+    const CREATE_REFUSES_EXISTING: bool = true;
+
     async fn observe(
         &self,
         ctx: &Ctx<'_>,

@@ -108,6 +108,9 @@ impl TagApi for Repositories {
 impl Driver for Repositories {
     type Spec = RepositorySpec;
 
+    /// `CreateRepository` answers `RepositoryAlreadyExistsException`.
+    const CREATE_REFUSES_EXISTING: bool = true;
+
     async fn observe(
         &self,
         ctx: &Ctx<'_>,

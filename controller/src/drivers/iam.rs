@@ -155,6 +155,9 @@ impl TagApi for Roles {
 impl Driver for Roles {
     type Spec = RoleSpec;
 
+    /// `CreateRole` answers `EntityAlreadyExists`.
+    const CREATE_REFUSES_EXISTING: bool = true;
+
     async fn observe(
         &self,
         ctx: &Ctx<'_>,

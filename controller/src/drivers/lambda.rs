@@ -163,6 +163,9 @@ impl TagApi for Functions {
 impl Driver for Functions {
     type Spec = FunctionSpec;
 
+    /// `CreateFunction` answers `ResourceConflictException` (its image check before it only reads).
+    const CREATE_REFUSES_EXISTING: bool = true;
+
     async fn observe(
         &self,
         ctx: &Ctx<'_>,
@@ -225,11 +228,14 @@ impl Driver for Functions {
             // A driver input, not a managed field.
             image_in_repository: desired.image_in_repository.clone(),
         };
+        let tags = user_tags(out.tags().cloned().unwrap_or_default());
+        // Its permission statements are proven ours by these tags (read once per walk).
+        super::batch::note_function_tags(ctx.name(), &tags);
         Ok(Some(Observed {
             parent_owner: None,
             namesakes: 0,
             spec,
-            tags: user_tags(out.tags().cloned().unwrap_or_default()),
+            tags,
             outputs: Self::outputs(ctx, conf.function_arn()),
         }))
     }

@@ -61,24 +61,31 @@ impl TagApi for LogGroups {
 impl Driver for LogGroups {
     type Spec = LogGroupSpec;
 
+    /// `CreateLogGroup` answers `ResourceAlreadyExistsException`.
+    const CREATE_REFUSES_EXISTING: bool = true;
+
     async fn observe(
         &self,
         ctx: &Ctx<'_>,
         _desired: &LogGroupSpec,
     ) -> Result<Option<Observed<LogGroupSpec>>, AwsError> {
-        let page = ctx
-            .aws
-            .logs
-            .describe_log_groups()
-            .log_group_name_prefix(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "logs:DescribeLogGroups")?;
-        let Some(group) = page
-            .log_groups()
-            .iter()
-            .find(|g| g.log_group_name() == Some(ctx.name()))
-        else {
+        // The stack's function log groups in one DescribeLogGroups per walk (see `batch`), else this one.
+        let group = match super::batch::log_group(ctx).await {
+            Some(group) => group,
+            None => ctx
+                .aws
+                .logs
+                .describe_log_groups()
+                .log_group_name_prefix(ctx.name())
+                .send()
+                .await
+                .context(ctx.id, "logs:DescribeLogGroups")?
+                .log_groups
+                .unwrap_or_default()
+                .into_iter()
+                .find(|g| g.log_group_name() == Some(ctx.name())),
+        };
+        let Some(group) = group else {
             return Ok(None);
         };
         let tags = ctx

@@ -4,6 +4,7 @@
 //! Not-found on delete is success.
 
 pub mod apigateway;
+pub mod batch;
 pub mod cloudwatch;
 pub mod dynamodb;
 pub mod ecr;
@@ -221,6 +222,14 @@ impl Ctx<'_> {
 /// The one trait every AWS service module implements, for one kind of resource.
 pub trait Driver: Sync {
     type Spec: Serialize + Clone + PartialEq + fmt::Debug + Send + Sync;
+
+    /// Whether [`Driver::create`]'s first call is refused by AWS when a resource of that name exists
+    /// (and changes nothing then). Only such a kind may be created without being observed first, on a
+    /// stack that was never written (the engine's *fresh* walk): a create refused as "already exists"
+    /// is then observed and proven ours or not like any other. Not for creates that succeed on an
+    /// existing resource (SQS `CreateQueue`, SNS `CreateTopic`, `PutMetricAlarm`, S3 in us-east-1),
+    /// or that make a second copy (API Gateway).
+    const CREATE_REFUSES_EXISTING: bool = false;
 
     /// Reads the resource `ctx.id`; `Ok(None)` when it does not exist. Read calls only.
     fn observe(

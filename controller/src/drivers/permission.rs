@@ -117,39 +117,38 @@ impl Driver for Permissions {
         ctx: &Ctx<'_>,
         desired: &PermissionSpec,
     ) -> Result<Option<Observed<PermissionSpec>>, AwsError> {
-        let Some(policy) = ctx
-            .aws
-            .lambda
-            .get_policy()
-            .function_name(&desired.function_name)
-            .send()
-            .await
-            .context(ctx.id, "lambda:GetPolicy")
-            .optional()?
-        else {
+        // One GetPolicy per function and walk, shared by its statements (see `batch`).
+        let Some(policy) = super::batch::function_policy(ctx, &desired.function_name).await? else {
             return Ok(None);
         };
-        let policy = parse_policy(policy.policy().unwrap_or_default());
+        let policy = parse_policy(&policy);
         let Some(spec) = from_policy(&policy, desired, api_id(ctx, desired)) else {
             return Ok(None);
         };
         let function_arn = ctx.arns().function(&desired.function_name);
-        let Some(tags) = ctx
-            .aws
-            .lambda
-            .list_tags()
-            .resource(&function_arn)
-            .send()
-            .await
-            .context(ctx.id, "lambda:ListTags")
-            .optional()?
-        else {
-            return Ok(None);
+        // The function's owner tag, as its GetFunction read it in this walk, else read here.
+        let mut tags = match super::batch::function_tags(&desired.function_name) {
+            Some(tags) => tags,
+            None => {
+                let Some(tags) = ctx
+                    .aws
+                    .lambda
+                    .list_tags()
+                    .resource(&function_arn)
+                    .send()
+                    .await
+                    .context(ctx.id, "lambda:ListTags")
+                    .optional()?
+                else {
+                    return Ok(None);
+                };
+                tags.tags.unwrap_or_default().into_iter().collect()
+            }
         };
         Ok(Some(Observed {
             spec,
             tags: Tags::new(),
-            parent_owner: tags.tags.unwrap_or_default().remove(OWNER_TAG),
+            parent_owner: tags.remove(OWNER_TAG),
             namesakes: 0,
             outputs: Outputs {
                 arn: Some(function_arn),

@@ -165,6 +165,20 @@ impl Control {
             .copied()
     }
 
+    /// Whether the control table exists (a read; any writer of the stack made it at its first write).
+    pub async fn exists(&self) -> Result<bool, AwsError> {
+        Ok(self
+            .aws
+            .dynamodb
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .context(&self.id, "dynamodb:DescribeTable")
+            .optional()?
+            .is_some())
+    }
+
     /// Records that this pipeline is about to create `id`.
     pub async fn record_intent(&self, id: &ResourceId) -> Result<(), AwsError> {
         self.ensure().await?;

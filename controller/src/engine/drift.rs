@@ -60,6 +60,11 @@ fn at<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 impl DriftMemory {
+    /// No walk of this pipeline has been made with it (a new pipeline, or a restarted process).
+    pub fn is_new(&self) -> bool {
+        self.walk == 0 && self.applied.is_empty() && self.outputs.is_empty()
+    }
+
     /// Starts a walk; records not seen again in it are dropped by [`DriftMemory::entries`].
     pub fn begin_walk(&mut self) {
         self.walk += 1;

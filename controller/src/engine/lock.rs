@@ -119,6 +119,8 @@ impl Control {
             LockState::Refused(e, _) => return Err(e.clone()),
             LockState::Free => {}
         }
+        // From here on this walk's reads are its own calls again (see `drivers::batch`).
+        crate::drivers::batch::writing();
         self.ensure().await?;
         let id = new_lock_id(&self.lock.holder);
         let deadline = Instant::now() + self.lock.timeout;

@@ -281,10 +281,16 @@ impl Engine {
             mode
         };
         let started = Instant::now();
+        // The first walk of a pipeline in this process asks whether anyone ever wrote the stack (its
+        // control table is made at the first write and removed by the last teardown): if not, what can
+        // only be created is created without a read first (see `Driver::CREATE_REFUSES_EXISTING`).
+        let fresh_hint = mode == Mode::Apply && memory.is_new();
         memory.begin_walk();
         let shared = Arc::new(Mutex::new(std::mem::take(memory)));
         let owner = names::owner_tag(pipeline.owner);
         let control = self.control(&aws, &stack, &owner);
+        let (fresh, mut calls) =
+            aws::scope(async { fresh_hint && matches!(control.exists().await, Ok(false)) }).await;
         let policy = pipeline.spec.drift_policy;
         let tag_policy = pipeline.spec.tag_policy;
         let adoption_policy = pipeline.spec.adoption_policy;
@@ -307,12 +313,21 @@ impl Engine {
                     memory: &shared,
                     control,
                     progress: progress.as_deref(),
+                    fresh,
                 }
                 .converge()
                 .await
             }
         });
-        let (reports, calls) = aws::scope(under_lock(&control, mode, walk)).await;
+        let batch = Arc::new(drivers::batch::Batch::for_stack(&stack));
+        let (reports, walk_calls) = aws::scope(drivers::batch::scope(
+            batch,
+            under_lock(&control, mode, walk),
+        ))
+        .await;
+        for (key, n) in walk_calls {
+            *calls.entry(key).or_default() += n;
+        }
         let (reports, locked_by) = reports;
         *memory = Arc::try_unwrap(shared)
             .map(|m| m.into_inner().expect("drift memory poisoned"))
@@ -356,6 +371,7 @@ impl Engine {
                         memory,
                         control,
                         progress: progress.as_deref(),
+                        fresh: false,
                     }
                     .tear_down()
                     .await

@@ -36,6 +36,8 @@ impl Report {
                         ConditionType::Ready,
                         ConditionType::Drifted,
                         ConditionType::Degraded,
+                        // Kept, so that its transition time stays when its status does.
+                        ConditionType::Synced,
                     ]
                     .iter()
                     .any(|t| t.as_str() == c.type_)

@@ -98,6 +98,9 @@ pub(super) struct Step<'a> {
     pub memory: &'a Mutex<DriftMemory>,
     pub control: &'a Control,
     pub progress: Option<&'a dyn super::Progress>,
+    /// The stack was never written (no control table): kinds whose create refuses an existing
+    /// resource are created without a read first ([`Driver::CREATE_REFUSES_EXISTING`]).
+    pub fresh: bool,
 }
 
 /// What a turn did, before it is timed into a [`ResourceReport`].
@@ -302,9 +305,14 @@ impl Step<'_> {
         let tags = &self.resource.tags;
         let id = &self.resource.id;
         let observed_at = Instant::now();
-        let observed = match self.observe(driver, spec).await {
-            Ok(observed) => observed,
-            Err(e) => return Turn::saw(failure(e.into()), Outputs::default()),
+        let observed = if self.fresh && D::CREATE_REFUSES_EXISTING && self.writes() {
+            // Nothing to read on a stack never written: the create says if it exists after all.
+            None
+        } else {
+            match self.observe(driver, spec).await {
+                Ok(observed) => observed,
+                Err(e) => return Turn::saw(failure(e.into()), Outputs::default()),
+            }
         };
         let desired_json = desired_json(spec, tags);
         let now = chrono::Utc::now();

@@ -10,6 +10,24 @@ use crate::api::{
     ConditionStatus, ConditionType, Phase, TransactionPipeline, TransactionPipelineStatus,
 };
 
+/// Whether `next` says anything `current` does not: every field but `lastSyncTime`, which only says
+/// when AWS was read. An unchanged status is not written (no PATCH, no new resourceVersion, no watch
+/// event for every client of the resource at every resync); `lastSyncTime` then stays the time of the
+/// last read that changed something, and `tap_reconciles_total` counts the reads.
+pub fn changed(
+    current: Option<&TransactionPipelineStatus>,
+    next: &TransactionPipelineStatus,
+) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    let strip = |s: &TransactionPipelineStatus| TransactionPipelineStatus {
+        last_sync_time: None,
+        ..s.clone()
+    };
+    strip(current) != strip(next)
+}
+
 /// Server-side apply of the status subresource under the field manager `tap-controller`.
 pub async fn patch_status(
     api: &Api<TransactionPipeline>,

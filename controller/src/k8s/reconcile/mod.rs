@@ -120,8 +120,12 @@ async fn commit(
 ) -> Result<Action, Error> {
     let owner = p.owner_key();
     let name = p.name_any();
-    if let Some(status) = &outcome.status {
-        status::patch_status(api, &name, status).await?;
+    match &outcome.status {
+        Some(next) if status::changed(p.status.as_ref(), next) => {
+            status::patch_status(api, &name, next).await?;
+        }
+        Some(_) => tracing::debug!(pipeline = %owner, "status unchanged: not written"),
+        None => {}
     }
     if let Some(phase) = outcome.phase {
         ctx.metrics.set_phase(&owner, Some(phase));

@@ -158,6 +158,68 @@ async fn status_is_server_side_applied_with_conditions_and_events_are_published(
     );
 }
 
+/// A resync that finds the stack as it was writes no status (no PATCH: nothing for the API server to
+/// store and send to every watcher); one that finds a change does.
+#[tokio::test]
+async fn an_unchanged_resync_sends_no_status_patch() {
+    let (client, mut server) = mock_client();
+    let unchanged = || {
+        report(vec![resource(
+            Kind::Table,
+            "tap-dev1-transactions",
+            EngineAction::NoChange,
+            false,
+        )])
+    };
+    let backend = ScriptedBackend::reconciling(unchanged());
+    backend
+        .reconciles
+        .lock()
+        .unwrap()
+        .push_back(Ok(unchanged()));
+    backend
+        .reconciles
+        .lock()
+        .unwrap()
+        .push_back(Ok(report(vec![resource(
+            Kind::Table,
+            "tap-dev1-transactions",
+            EngineAction::Create,
+            true,
+        )])));
+    let ctx = context(client, Arc::new(backend), Metrics::new());
+    let mut p = finalized(pipeline("test", "dev1", 60));
+
+    // First walk: the status is new, so it is written.
+    let task = spawn_reconcile(p.clone(), ctx.clone());
+    let status = server.expect("PATCH", &status_uri("test")).await;
+    let written: TransactionPipelineStatus =
+        serde_json::from_value(status.body["status"].clone()).expect("a status");
+    status.applied(&p);
+    assert_eq!(server.expect_event().await["reason"], "PhaseChanged");
+    finish(task).await.expect("reconcile");
+
+    // The resync sees the same stack: it finishes without a request (an unanswered PATCH would
+    // keep it waiting past the patience of `finish`).
+    p.status = Some(written.clone());
+    finish(spawn_reconcile(p.clone(), ctx.clone()))
+        .await
+        .expect("resync");
+    assert!(ctx.metrics.encode().contains("tap_reconciles_total 2"));
+
+    // A walk that changed something is written again.
+    let task = spawn_reconcile(p.clone(), ctx.clone());
+    let status = server.expect("PATCH", &status_uri("test")).await;
+    assert_eq!(
+        status.body["status"]["resources"][0]["message"], "created",
+        "{}",
+        status.body
+    );
+    status.applied(&p);
+    assert_eq!(server.expect_event().await["reason"], "Created");
+    finish(task).await.expect("reconcile");
+}
+
 #[tokio::test]
 async fn an_invalid_spec_fails_with_the_field_and_no_aws_call() {
     let sentinel = AwsSentinel::start().await;

@@ -1,0 +1,244 @@
+//! A walk's batched reads: where one AWS call can read several of a stack's resources, the first driver
+//! that needs one of them reads them all, and the others take their part of that answer instead of a call
+//! of their own. Per kind:
+//!
+//! - **Alarms**: one `DescribeAlarms` with every alarm name of the stack (up to 100 per call) instead of
+//!   one per alarm; each alarm's tags are still read on its own (`ListTagsForResource`: CloudWatch has no
+//!   batch tag read), so ownership stays proven by the owner tag of that very alarm.
+//! - **Log groups**: one `DescribeLogGroups` by the prefix the stack's function log groups share
+//!   (`/aws/lambda/tap-<suffix>-`); tags are read per group, as for alarms.
+//! - **Lambda permissions**: the policy of a function (`GetPolicy`) is read once for all its permission
+//!   statements, and the function's tags (its owner tag proves the statements ours) are the ones the
+//!   function's own `GetFunction` read earlier in the same walk (a permission depends on its function).
+//!
+//! Nothing is skipped: every field of every resource is read at every walk, only in fewer calls.
+//!
+//! **Freshness.** An answer is served only while this walk has not begun to write: the first write takes
+//! the stack's lock ([`Batch::writing`], set before the lock is asked for), and from then on every read
+//! is a call of its own again. A turn that took a batched answer before the lock and then wants to write
+//! was observed before the lock, so the engine observes it again anyway (under the lock, without the
+//! batch). A failed batch call is not an answer: each driver then reads its own resource, so an error is
+//! reported on the resource it concerns.
+//!
+//! The batch lives in a task-local value for the duration of a walk ([`scope`]); outside a walk (driver
+//! tests, the teardown) there is none and every driver reads on its own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_cloudwatch::types::MetricAlarm;
+use aws_sdk_cloudwatchlogs::types::LogGroup;
+use tokio::sync::OnceCell;
+
+use crate::aws::{AwsError, Optional, ResultExt};
+use crate::desired::{names, Kind, Stack, Tags};
+
+use super::Ctx;
+
+/// `DescribeAlarms` takes at most this many names.
+const ALARM_NAMES_PER_CALL: usize = 100;
+
+type Shared<T> = OnceCell<Option<Arc<T>>>;
+
+/// The batched reads of one walk of one stack.
+#[derive(Default)]
+pub struct Batch {
+    alarm_names: Vec<String>,
+    alarms: Shared<HashMap<String, MetricAlarm>>,
+    log_group_prefix: Option<String>,
+    log_groups: Shared<HashMap<String, LogGroup>>,
+    /// Function name → its policy document (`None`: it has none).
+    policies: Mutex<HashMap<String, Arc<Shared<Option<String>>>>>,
+    /// Function name → the tags its `GetFunction` read in this walk.
+    function_tags: Mutex<HashMap<String, Tags>>,
+    writing: AtomicBool,
+}
+
+impl Batch {
+    /// The batches a walk of `stack` can use.
+    pub fn for_stack(stack: &Stack) -> Self {
+        let alarm_names = stack
+            .resources
+            .iter()
+            .filter(|r| r.id.kind == Kind::Alarm)
+            .map(|r| r.id.name.clone())
+            .collect();
+        let prefix = names::function_log_group(&stack.suffix, "");
+        let log_group_prefix = stack
+            .resources
+            .iter()
+            .any(|r| r.id.kind == Kind::LogGroup && r.id.name.starts_with(&prefix))
+            .then_some(prefix);
+        Self {
+            alarm_names,
+            log_group_prefix,
+            ..Default::default()
+        }
+    }
+
+    /// The walk is about to write (it asks for the stack's lock): no batched answer from now on.
+    pub fn writing(&self) {
+        self.writing.store(true, Ordering::SeqCst);
+    }
+
+    fn serves(&self) -> bool {
+        !self.writing.load(Ordering::SeqCst)
+    }
+}
+
+tokio::task_local! {
+    static BATCH: Arc<Batch>;
+}
+
+/// Runs a walk with `batch` as its batched reads.
+pub async fn scope<F: Future>(batch: Arc<Batch>, work: F) -> F::Output {
+    BATCH.scope(batch, work).await
+}
+
+/// Tells this walk's batch, if any, that the walk is about to write.
+pub fn writing() {
+    let _ = BATCH.try_with(|b| b.writing());
+}
+
+/// The walk's batch, while it may serve answers.
+fn current() -> Option<Arc<Batch>> {
+    BATCH.try_with(|b| b.clone()).ok().filter(|b| b.serves())
+}
+
+/// The answer of a batch call, or `None` when it failed (each driver then reads on its own).
+async fn shared<T, F, Fut>(cell: &Shared<T>, fetch: F) -> Option<Arc<T>>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+{
+    cell.get_or_init(|| async {
+        match fetch().await {
+            Ok(value) => Some(Arc::new(value)),
+            Err(e) => {
+                tracing::debug!(error = %e, "batched read failed: each resource reads on its own");
+                None
+            }
+        }
+    })
+    .await
+    .clone()
+}
+
+/// Alarm `ctx.name()` from the stack's one `DescribeAlarms`: `Some(None)` when it does not exist,
+/// `None` when there is no batched answer.
+pub async fn alarm(ctx: &Ctx<'_>) -> Option<Option<MetricAlarm>> {
+    let batch = current()?;
+    if !batch.alarm_names.iter().any(|n| n == ctx.name()) {
+        return None;
+    }
+    let all = shared(&batch.alarms, || async {
+        let mut found = HashMap::new();
+        for names in batch.alarm_names.chunks(ALARM_NAMES_PER_CALL) {
+            let alarms: Vec<MetricAlarm> = ctx
+                .aws
+                .cloudwatch
+                .describe_alarms()
+                .set_alarm_names(Some(names.to_vec()))
+                .max_records(ALARM_NAMES_PER_CALL as i32)
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .context(ctx.id, "cloudwatch:DescribeAlarms")?
+                .into_iter()
+                .flat_map(|page| page.metric_alarms.unwrap_or_default())
+                .collect();
+            for a in alarms {
+                if let Some(name) = a.alarm_name().map(str::to_string) {
+                    found.insert(name, a);
+                }
+            }
+        }
+        Ok(found)
+    })
+    .await?;
+    Some(all.get(ctx.name()).cloned())
+}
+
+/// Log group `ctx.name()` from the stack's one `DescribeLogGroups` by prefix: `Some(None)` when it does
+/// not exist, `None` when there is no batched answer (or the group is not under the prefix).
+pub async fn log_group(ctx: &Ctx<'_>) -> Option<Option<LogGroup>> {
+    let batch = current()?;
+    let prefix = batch.log_group_prefix.as_deref()?;
+    if !ctx.name().starts_with(prefix) {
+        return None;
+    }
+    let all = shared(&batch.log_groups, || async {
+        let groups: Vec<LogGroup> = ctx
+            .aws
+            .logs
+            .describe_log_groups()
+            .log_group_name_prefix(prefix)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .context(ctx.id, "logs:DescribeLogGroups")?;
+        Ok(groups
+            .into_iter()
+            .filter_map(|g| Some((g.log_group_name()?.to_string(), g)))
+            .collect::<HashMap<_, _>>())
+    })
+    .await?;
+    Some(all.get(ctx.name()).cloned())
+}
+
+/// The policy document of `function` (`Ok(None)`: it has none), read once per walk for all its
+/// permission statements while the batch serves; otherwise one `GetPolicy` of its own.
+pub async fn function_policy(ctx: &Ctx<'_>, function: &str) -> Result<Option<String>, AwsError> {
+    let get = || async {
+        Ok(ctx
+            .aws
+            .lambda
+            .get_policy()
+            .function_name(function)
+            .send()
+            .await
+            .context(ctx.id, "lambda:GetPolicy")
+            .optional()?
+            .and_then(|p| p.policy))
+    };
+    let Some(batch) = current() else {
+        return get().await;
+    };
+    let cell = batch
+        .policies
+        .lock()
+        .expect("batch policies")
+        .entry(function.to_string())
+        .or_default()
+        .clone();
+    match shared(&cell, get).await {
+        Some(policy) => Ok((*policy).clone()),
+        None => get().await,
+    }
+}
+
+/// Records the tags `GetFunction` read for `function` in this walk.
+pub fn note_function_tags(function: &str, tags: &BTreeMap<String, String>) {
+    if let Some(batch) = current() {
+        batch
+            .function_tags
+            .lock()
+            .expect("batch function tags")
+            .insert(function.to_string(), tags.clone());
+    }
+}
+
+/// The tags this walk's `GetFunction` read for `function`, while the batch serves.
+pub fn function_tags(function: &str) -> Option<Tags> {
+    current()?
+        .function_tags
+        .lock()
+        .expect("batch function tags")
+        .get(function)
+        .cloned()
+}
