@@ -194,9 +194,12 @@ impl Step<'_> {
         let started = self.start();
         let mut retries = step_retries();
         let mut turn = loop {
-            let turn = with_driver!(&self.resource.spec, |driver, spec| self
-                .converge_with(&driver, spec)
-                .await);
+            // Boxed: a turn's future is as large as the largest driver's (observe, create, update,
+            // adopt inline); on the heap it is one allocation per turn instead of a deep stack.
+            let turn = with_driver!(&self.resource.spec, |driver, spec| Box::pin(
+                self.converge_with(&driver, spec)
+            )
+            .await);
             if turn.stale {
                 continue;
             }
@@ -223,9 +226,10 @@ impl Step<'_> {
         let started = self.start();
         let mut retries = step_retries();
         let turn = loop {
-            let turn = with_driver!(&self.resource.spec, |driver, spec| self
-                .tear_down_with(&driver, spec)
-                .await);
+            let turn = with_driver!(&self.resource.spec, |driver, spec| Box::pin(
+                self.tear_down_with(&driver, spec)
+            )
+            .await);
             if turn.stale {
                 continue;
             }
