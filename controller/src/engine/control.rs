@@ -80,15 +80,7 @@ impl Control {
         self.ready
             .get_or_try_init(|| async {
                 let dynamodb = &self.aws.dynamodb;
-                let existing = dynamodb
-                    .describe_table()
-                    .table_name(&self.table)
-                    .send()
-                    .await
-                    .context(&self.id, "dynamodb:DescribeTable")
-                    .optional()?
-                    .and_then(|out| out.table);
-                match existing {
+                match self.describe().await? {
                     Some(table) => {
                         let tags = dynamodb
                             .list_tags_of_resource()
@@ -167,6 +159,13 @@ impl Control {
 
     /// Whether the control table exists (a read; any writer of the stack made it at its first write).
     pub async fn exists(&self) -> Result<bool, AwsError> {
+        Ok(self.describe().await?.is_some())
+    }
+
+    /// The control table as DynamoDB describes it, if it exists.
+    async fn describe(
+        &self,
+    ) -> Result<Option<aws_sdk_dynamodb::types::TableDescription>, AwsError> {
         Ok(self
             .aws
             .dynamodb
@@ -176,7 +175,7 @@ impl Control {
             .await
             .context(&self.id, "dynamodb:DescribeTable")
             .optional()?
-            .is_some())
+            .and_then(|out| out.table))
     }
 
     /// Records that this pipeline is about to create `id`.
@@ -244,17 +243,7 @@ impl Control {
     /// Deletes the table (the teardown left nothing else), if it exists and is ours; under the lock,
     /// which goes with it.
     pub async fn remove(&self) -> Result<bool, AwsError> {
-        let Some(table) = self
-            .aws
-            .dynamodb
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .context(&self.id, "dynamodb:DescribeTable")
-            .optional()?
-            .and_then(|out| out.table)
-        else {
+        let Some(table) = self.describe().await? else {
             return Ok(false);
         };
         let tags = self

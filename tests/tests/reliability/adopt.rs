@@ -49,6 +49,24 @@ fn by_action(report: &Report, f: impl Fn(&Action) -> bool) -> BTreeSet<(String, 
         .collect()
 }
 
+/// The tags of the legacy stack's dead-letter queue.
+async fn queue_tags(
+    aws: &Aws,
+) -> anyhow::Result<aws_sdk_sqs::operation::list_queue_tags::ListQueueTagsOutput> {
+    let url = aws
+        .sqs
+        .get_queue_url()
+        .queue_name(format!("tap-{SUFFIX}-dlq"))
+        .send()
+        .await?;
+    Ok(aws
+        .sqs
+        .list_queue_tags()
+        .queue_url(url.queue_url().unwrap_or_default())
+        .send()
+        .await?)
+}
+
 /// What a user checks of the legacy resources: memory, log retention, the broad inline policy, the
 /// other tooling's tag, and the data in the bucket.
 async fn legacy_settings(aws: &Aws) -> anyhow::Result<(i32, Option<i32>, bool, bool, usize)> {
@@ -79,20 +97,7 @@ async fn legacy_settings(aws: &Aws) -> anyhow::Result<(i32, Option<i32>, bool, b
         .policy_names()
         .iter()
         .any(|p| p == "legacy-everything");
-    let tags = aws
-        .sqs
-        .list_queue_tags()
-        .queue_url(
-            aws.sqs
-                .get_queue_url()
-                .queue_name(format!("tap-{SUFFIX}-dlq"))
-                .send()
-                .await?
-                .queue_url()
-                .unwrap_or_default(),
-        )
-        .send()
-        .await?;
+    let tags = queue_tags(aws).await?;
     let cdktf_tag = tags
         .tags()
         .is_some_and(|t| t.get("managed-by").map(String::as_str) == Some("cdktf"));
@@ -219,20 +224,7 @@ async fn a_stack_deployed_by_other_tooling_is_adopted_only_when_asked() -> anyho
         "the other tooling's tag was removed (tagPolicy Merge keeps it)"
     );
     ensure!(objects == 1, "the bucket's data: {objects} objects");
-    let queue_tags = aws
-        .sqs
-        .list_queue_tags()
-        .queue_url(
-            aws.sqs
-                .get_queue_url()
-                .queue_name(format!("tap-{SUFFIX}-dlq"))
-                .send()
-                .await?
-                .queue_url()
-                .unwrap_or_default(),
-        )
-        .send()
-        .await?;
+    let queue_tags = queue_tags(&aws).await?;
     ensure!(
         queue_tags
             .tags()
