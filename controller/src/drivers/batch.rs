@@ -7,6 +7,10 @@
 //!   batch tag read), so ownership stays proven by the owner tag of that very alarm.
 //! - **Log groups**: one `DescribeLogGroups` by the prefix the stack's function log groups share
 //!   (`/aws/lambda/tap-<suffix>-`); tags are read per group, as for alarms.
+//! - **ECR repositories**: one `DescribeRepositories` with every repository name of the stack (the call
+//!   takes up to 100) instead of one per repository. ECR fails the whole call when one name does not
+//!   exist, so on a stack still being built the batch is no answer and each repository reads on its own;
+//!   policy and tags stay one read each per repository.
 //! - **Lambda permissions**: the policy of a function (`GetPolicy`) is read once for all its permission
 //!   statements, and the function's tags (its owner tag proves the statements ours) are the ones the
 //!   function's own `GetFunction` read earlier in the same walk (a permission depends on its function).
@@ -30,6 +34,7 @@ use std::sync::{Arc, Mutex};
 
 use aws_sdk_cloudwatch::types::MetricAlarm;
 use aws_sdk_cloudwatchlogs::types::LogGroup;
+use aws_sdk_ecr::types::Repository;
 use tokio::sync::OnceCell;
 
 use crate::aws::{AwsError, Optional, ResultExt};
@@ -39,6 +44,8 @@ use super::Ctx;
 
 /// `DescribeAlarms` takes at most this many names.
 const ALARM_NAMES_PER_CALL: usize = 100;
+/// `DescribeRepositories` takes at most this many names.
+const REPOSITORY_NAMES_PER_CALL: usize = 100;
 
 type Shared<T> = OnceCell<Option<Arc<T>>>;
 
@@ -49,6 +56,8 @@ pub struct Batch {
     alarms: Shared<HashMap<String, MetricAlarm>>,
     log_group_prefix: Option<String>,
     log_groups: Shared<HashMap<String, LogGroup>>,
+    repository_names: Vec<String>,
+    repositories: Shared<HashMap<String, Repository>>,
     /// Function name → its policy document (`None`: it has none).
     policies: Mutex<HashMap<String, Arc<Shared<Option<String>>>>>,
     /// Function name → the tags its `GetFunction` read in this walk.
@@ -59,12 +68,16 @@ pub struct Batch {
 impl Batch {
     /// The batches a walk of `stack` can use.
     pub fn for_stack(stack: &Stack) -> Self {
-        let alarm_names = stack
-            .resources
-            .iter()
-            .filter(|r| r.id.kind == Kind::Alarm)
-            .map(|r| r.id.name.clone())
-            .collect();
+        let names_of = |kind: Kind| {
+            stack
+                .resources
+                .iter()
+                .filter(|r| r.id.kind == kind)
+                .map(|r| r.id.name.clone())
+                .collect()
+        };
+        let alarm_names = names_of(Kind::Alarm);
+        let repository_names = names_of(Kind::Repository);
         let prefix = names::function_log_group(&stack.suffix, "");
         let log_group_prefix = stack
             .resources
@@ -74,6 +87,7 @@ impl Batch {
         Self {
             alarm_names,
             log_group_prefix,
+            repository_names,
             ..Default::default()
         }
     }
@@ -160,6 +174,36 @@ pub async fn alarm(ctx: &Ctx<'_>) -> Option<Option<MetricAlarm>> {
     })
     .await?;
     Some(all.get(ctx.name()).cloned())
+}
+
+/// Repository `ctx.name()` from the stack's one `DescribeRepositories`, or `None` when there is no
+/// batched answer (one of the stack's repositories does not exist yet, or the call failed).
+pub async fn repository(ctx: &Ctx<'_>) -> Option<Repository> {
+    let batch = current()?;
+    if !batch.repository_names.iter().any(|n| n == ctx.name()) {
+        return None;
+    }
+    let all = shared(&batch.repositories, || async {
+        let mut found = HashMap::new();
+        for names in batch.repository_names.chunks(REPOSITORY_NAMES_PER_CALL) {
+            let described = ctx
+                .aws
+                .ecr
+                .describe_repositories()
+                .set_repository_names(Some(names.to_vec()))
+                .send()
+                .await
+                .context(ctx.id, "ecr:DescribeRepositories")?;
+            for r in described.repositories.unwrap_or_default() {
+                if let Some(name) = r.repository_name().map(str::to_string) {
+                    found.insert(name, r);
+                }
+            }
+        }
+        Ok(found)
+    })
+    .await?;
+    all.get(ctx.name()).cloned()
 }
 
 /// Log group `ctx.name()` from the stack's one `DescribeLogGroups` by prefix: `Some(None)` when it does

@@ -116,24 +116,31 @@ impl Driver for Repositories {
         ctx: &Ctx<'_>,
         _desired: &RepositorySpec,
     ) -> Result<Option<Observed<RepositorySpec>>, AwsError> {
-        let Some(described) = ctx
-            .aws
-            .ecr
-            .describe_repositories()
-            .repository_names(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "ecr:DescribeRepositories")
-            .optional()?
-        else {
-            return Ok(None);
-        };
-        let Some(repository) = described
-            .repositories()
-            .iter()
-            .find(|r| r.repository_name() == Some(ctx.name()))
-        else {
-            return Ok(None);
+        let repository = match super::batch::repository(ctx).await {
+            Some(repository) => repository,
+            None => {
+                let Some(described) = ctx
+                    .aws
+                    .ecr
+                    .describe_repositories()
+                    .repository_names(ctx.name())
+                    .send()
+                    .await
+                    .context(ctx.id, "ecr:DescribeRepositories")
+                    .optional()?
+                else {
+                    return Ok(None);
+                };
+                let Some(repository) = described
+                    .repositories
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|r| r.repository_name() == Some(ctx.name()))
+                else {
+                    return Ok(None);
+                };
+                repository
+            }
         };
         let policy = ctx
             .aws
@@ -146,7 +153,7 @@ impl Driver for Repositories {
             .optional()?
             .and_then(|out| out.policy_text().map(parse_policy))
             .unwrap_or(Value::Null);
-        let outputs = Self::outputs(repository);
+        let outputs = Self::outputs(&repository);
         let tags = ctx
             .aws
             .ecr
