@@ -190,7 +190,12 @@ impl Tables {
     /// Waits (bounded) until the table is ACTIVE (the SDK's waiter), then until every index is ACTIVE
     /// too; a transient error when they are not.
     async fn wait_active(ctx: &Ctx<'_>) -> Result<TableDescription, AwsError> {
-        waited(
+        let indexes_active = |t: &TableDescription| {
+            t.global_secondary_indexes()
+                .iter()
+                .all(|i| i.index_status() == Some(&IndexStatus::Active))
+        };
+        let answer = waited(
             ctx.aws
                 .dynamodb
                 .wait_until_table_exists()
@@ -202,6 +207,14 @@ impl Tables {
             ACTIVE_TIMEOUT,
             |_| "the table cannot become ACTIVE".into(),
         )?;
+        // The waiter's last answer already says whether the indexes are ACTIVE too (a fresh table's
+        // usually are): no second read then.
+        if let Some(table) = answer
+            .and_then(|out| out.table)
+            .filter(|t| indexes_active(t))
+        {
+            return Ok(table);
+        }
         poll(ctx.id, "dynamodb:DescribeTable", ACTIVE_TIMEOUT, || async {
             let table = Self::describe(ctx).await?;
             Ok(match table {

@@ -83,6 +83,7 @@ impl Functions {
                 format!("the function failed to become active: {reason}")
             },
         )
+        .map(drop)
     }
 
     /// Waits (bounded) until no update is in progress, so the next one gets no 409.
@@ -105,6 +106,7 @@ impl Functions {
                 format!("the last update failed: {reason}")
             },
         )
+        .map(drop)
     }
 
     fn environment(desired: &FunctionSpec) -> Environment {

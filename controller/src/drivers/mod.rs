@@ -372,7 +372,9 @@ pub fn user_tags(tags: impl IntoIterator<Item = (String, String)>) -> Tags {
 }
 
 /// Maps the outcome of an SDK waiter to the driver's error type: a failure state is terminal (AWS says
-/// the resource cannot get there), running out of time is transient (the next pass looks again).
+/// the resource cannot get there), running out of time is transient (the next pass looks again). On
+/// success, the answer of the poll that succeeded (`None` when an error answer was the success, as for a
+/// "not exists" waiter).
 pub fn waited<O, E>(
     result: Result<
         aws_smithy_runtime_api::client::waiters::FinalPoll<
@@ -388,7 +390,7 @@ pub fn waited<O, E>(
     call: &str,
     limit: Duration,
     failure: impl FnOnce(&O) -> String,
-) -> Result<(), AwsError>
+) -> Result<Option<O>, AwsError>
 where
     E: aws_smithy_types::error::metadata::ProvideErrorMetadata
         + std::error::Error
@@ -399,7 +401,7 @@ where
     use crate::aws::ResultExt;
     use aws_smithy_runtime_api::client::waiters::error::WaiterError;
     match result {
-        Ok(_) => Ok(()),
+        Ok(success) => Ok(success.into_result().ok()),
         Err(WaiterError::ExceededMaxWait(_)) => Err(AwsError::transient(
             id,
             call,
@@ -413,7 +415,7 @@ where
             Err(AwsError::terminal(id, call, message))
         }
         Err(WaiterError::OperationFailed(failed)) => {
-            Err::<(), _>(failed.into_error()).context(id, call)
+            Err::<Option<O>, _>(failed.into_error()).context(id, call)
         }
         Err(other) => Err(AwsError::terminal(id, call, format!("{other}"))),
     }

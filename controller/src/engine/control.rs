@@ -152,6 +152,7 @@ impl Control {
                     ACTIVE_TIMEOUT,
                     |_| "the control table cannot become ACTIVE".into(),
                 )
+                .map(drop)
             })
             .await
             .copied()
