@@ -43,7 +43,7 @@ use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, WatchStreamExt};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use tokio::sync::{oneshot, watch};
 
 pub use context::{Backend, Context};
@@ -60,6 +60,8 @@ use crate::engine::Engine;
 
 /// Field manager of every server-side apply, and the Events' reporting controller.
 pub const FIELD_MANAGER: &str = "tap-controller";
+/// What `kubectl apply` keeps of the last manifest it applied (a second copy of the spec).
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// How `tap-controller run` runs.
 #[derive(Clone, Debug)]
@@ -417,6 +419,14 @@ pub async fn run_controllers(
         // (generation, which the API server also bumps when deletion starts) and finalizer changes do.
         let stream = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
+            // The store holds every pipeline for the life of the process: not the parts only the API
+            // server and kubectl use (the controller applies with its own field manager).
+            .modify(|pipeline: &mut TransactionPipeline| {
+                pipeline.managed_fields_mut().clear();
+                if let Some(annotations) = pipeline.metadata.annotations.as_mut() {
+                    annotations.remove(LAST_APPLIED_ANNOTATION);
+                }
+            })
             .reflect(writer)
             .inspect_ok(move |event| {
                 if matches!(event, watcher::Event::InitDone) && !listed {
