@@ -1,10 +1,11 @@
 //! The Events of a reconcile, as data: from the previous status and what the walk did, one Event per
-//! transition (phase change, resource created/updated/deleted, new failure or conflict, newly detected
-//! drift). Pure: publishing is the reconciler's.
+//! transition (phase change; the resources created, updated, adopted or deleted, one Event per verb; a
+//! new failure or conflict; newly detected drift). Pure: publishing is the reconciler's.
 
 use kube::runtime::events::{Event, EventType};
 
 use crate::api::{DriftEntry, Phase, TransactionPipelineStatus};
+use crate::desired::ResourceId;
 use crate::engine::{Action, Report};
 
 use super::error::ErrorCategory;
@@ -103,12 +104,20 @@ pub fn walk_events(
     let mut events: Vec<Event> = phase_changed(previous.and_then(|s| s.phase), phase, &why)
         .into_iter()
         .collect();
+    // What the walk did, one Event per verb (not per resource): a fresh stack is one `Created`, not 29;
+    // `status.resources` has each resource's own state.
+    let mut done: [(&str, &str, Vec<(&ResourceId, String)>); 4] = [
+        ("Created", "Create", Vec::new()),
+        ("Updated", "Update", Vec::new()),
+        ("Adopted", "Adopt", Vec::new()),
+        ("Deleted", "Delete", Vec::new()),
+    ];
     for r in &report.resources {
-        let (type_, reason) = match (&r.action, r.applied) {
-            (Action::Create, true) => (EventType::Normal, "Created"),
-            (Action::Update(_), true) => (EventType::Normal, "Updated"),
-            (Action::Adopt(_), true) => (EventType::Normal, "Adopted"),
-            (Action::Delete, true) => (EventType::Normal, "Deleted"),
+        let slot = match (&r.action, r.applied) {
+            (Action::Create, true) => 0,
+            (Action::Update(_), true) => 1,
+            (Action::Adopt(_), true) => 2,
+            (Action::Delete, true) => 3,
             (Action::Fail(_), _) | (Action::Conflict(_), _) => {
                 let message = r.message();
                 let seen = previous.is_some_and(|s| {
@@ -124,17 +133,23 @@ pub fn walk_events(
                 } else {
                     "AwsError"
                 };
-                (EventType::Warning, reason)
+                let action = subject_action(reason, r.id.kind.as_str(), &r.id.name, None);
+                events.push(event(
+                    EventType::Warning,
+                    reason,
+                    &action,
+                    format!("{}: {}", r.id, r.message()),
+                ));
+                continue;
             }
             _ => continue,
         };
-        let action = subject_action(reason, r.id.kind.as_str(), &r.id.name, None);
-        events.push(event(
-            type_,
-            reason,
-            &action,
-            format!("{}: {}", r.id, r.message()),
-        ));
+        done[slot]
+            .2
+            .push((&r.id, format!("{}: {}", r.id, r.message())));
+    }
+    for (reason, verb, lines) in done {
+        events.extend(summary(reason, verb, lines));
     }
     for d in new_drift(previous, report) {
         events.push(event(
@@ -150,21 +165,50 @@ pub fn walk_events(
     events
 }
 
-/// The Events of a teardown: one per deleted resource.
+/// The Events of a teardown: one `Deleted` naming what was deleted.
 pub fn teardown_events(report: &Report) -> Vec<Event> {
-    report
+    let deleted = report
         .resources
         .iter()
         .filter(|r| r.applied && r.action == Action::Delete)
-        .map(|r| {
-            event(
+        .map(|r| (&r.id, format!("{}: deleted", r.id)))
+        .collect();
+    summary("Deleted", "Delete", deleted).into_iter().collect()
+}
+
+/// One Normal Event for every resource a walk did `verb` to: the resource's own line when it is one,
+/// else their count and their lines, as many as the note holds.
+fn summary(reason: &str, verb: &str, done: Vec<(&ResourceId, String)>) -> Option<Event> {
+    match done.as_slice() {
+        [] => None,
+        [(id, line)] => {
+            let action = subject_action(verb, id.kind.as_str(), &id.name, None);
+            Some(event(EventType::Normal, reason, &action, line.clone()))
+        }
+        all => {
+            let n = all.len();
+            let mut note = format!("{n} resources {}: ", reason.to_lowercase());
+            for (i, (_, line)) in all.iter().enumerate() {
+                let separator = if i == 0 { "" } else { "; " };
+                // Room is kept for a closing "; … and N more" after this line.
+                let more = format!("… and {} more", n - i);
+                if note.len() + separator.len() + line.len() + "; ".len() + more.len() > NOTE_LIMIT
+                {
+                    note.push_str(separator);
+                    note.push_str(&more);
+                    break;
+                }
+                note.push_str(separator);
+                note.push_str(line);
+            }
+            Some(event(
                 EventType::Normal,
-                "Deleted",
-                &subject_action("Delete", r.id.kind.as_str(), &r.id.name, None),
-                format!("{}: deleted", r.id),
-            )
-        })
-        .collect()
+                reason,
+                &format!("{verb} {n} resources"),
+                note,
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +249,79 @@ mod tests {
             .note
             .as_deref()
             .is_some_and(|n| n.contains("tap-dev-transactions") && n.contains("adopted")));
+    }
+
+    #[test]
+    fn a_fresh_stack_is_one_created_event_naming_what_it_holds() {
+        let resource = |i: usize| crate::engine::ResourceReport {
+            id: crate::desired::ResourceId::new(
+                crate::desired::Kind::Alarm,
+                &format!("tap-dev-alarm-with-a-long-name-{i:02}"),
+            ),
+            action: Action::Create,
+            applied: true,
+            outputs: Default::default(),
+            remembered: false,
+            elapsed: Default::default(),
+        };
+        let report = Report {
+            resources: (0..29).map(resource).collect(),
+            ..Default::default()
+        };
+        let events = walk_events(None, &report, Phase::Ready);
+        let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["PhaseChanged", "Created"]);
+        let note = events[1].note.as_deref().unwrap();
+        assert!(note.len() <= NOTE_LIMIT, "{} bytes", note.len());
+        assert!(
+            note.starts_with(
+                "29 resources created: Alarm tap-dev-alarm-with-a-long-name-00: created; "
+            ),
+            "{note}"
+        );
+        let shown = note.matches(": created").count();
+        assert!(shown > 5 && shown < 29, "{note}");
+        assert!(
+            note.ends_with(&format!("; … and {} more", 29 - shown)),
+            "{note}"
+        );
+        assert_eq!(events[1].action, "Create 29 resources");
+
+        let one = Report {
+            resources: vec![resource(7)],
+            ..Default::default()
+        };
+        let events = walk_events(None, &one, Phase::Ready);
+        let created: Vec<_> = events.iter().filter(|e| e.reason == "Created").collect();
+        assert_eq!(created.len(), 1);
+        assert_eq!(
+            created[0].note.as_deref(),
+            Some("Alarm tap-dev-alarm-with-a-long-name-07: created")
+        );
+        assert_eq!(
+            created[0].action,
+            "Create Alarm tap-dev-alarm-with-a-long-name-07"
+        );
+        let torn_down = Report {
+            resources: (0..3)
+                .map(|i| crate::engine::ResourceReport {
+                    action: Action::Delete,
+                    ..resource(i)
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let deleted = teardown_events(&torn_down);
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(
+            deleted[0]
+                .note
+                .as_deref()
+                .unwrap()
+                .matches(": deleted")
+                .count(),
+            3
+        );
     }
 
     #[test]
