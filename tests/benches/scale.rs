@@ -190,6 +190,44 @@ mod bench {
         ))
     }
 
+    /// One cheap read per service through `endpoint` (moto, or the latency proxy in front of it), before
+    /// the recording proxy (not counted): moto loads a service's backend at its first request, and the
+    /// first request through the latency proxy is slow too (the first STS call took 2.8 s and the first
+    /// Step Functions call 1.2 s inside a measured converge), costs real AWS does not have.
+    async fn warm_up(moto: &Emulator, endpoint: &str) {
+        let config = moto
+            .sdk_config()
+            .to_builder()
+            .endpoint_url(endpoint)
+            .build();
+        let _ = tokio::join!(
+            aws_sdk_sts::Client::new(&config)
+                .get_caller_identity()
+                .send(),
+            aws_sdk_sfn::Client::new(&config)
+                .list_state_machines()
+                .send(),
+            aws_sdk_s3::Client::new(&config).list_buckets().send(),
+            aws_sdk_dynamodb::Client::new(&config).list_tables().send(),
+            aws_sdk_lambda::Client::new(&config).list_functions().send(),
+            aws_sdk_apigateway::Client::new(&config)
+                .get_rest_apis()
+                .send(),
+            aws_sdk_iam::Client::new(&config).list_roles().send(),
+            aws_sdk_ecr::Client::new(&config)
+                .describe_repositories()
+                .send(),
+            aws_sdk_sns::Client::new(&config).list_topics().send(),
+            aws_sdk_sqs::Client::new(&config).list_queues().send(),
+            aws_sdk_cloudwatch::Client::new(&config)
+                .describe_alarms()
+                .send(),
+            aws_sdk_cloudwatchlogs::Client::new(&config)
+                .describe_log_groups()
+                .send(),
+        );
+    }
+
     // ---------------------------------------------------------------- Kubernetes side
 
     /// Where the pipelines live: the mocked API server (one per scenario) or a real cluster.
@@ -659,11 +697,15 @@ mod bench {
             if full { ", then resync and teardown" } else { "" }
         );
         let moto = Emulator::start_kind(EmulatorKind::Moto).await?;
+        warm_up(&moto, &moto.endpoint).await;
         let latency = if latency_ms > 0 {
             Some(LatencyProxy::start(&moto.endpoint, latency_ms).await?)
         } else {
             None
         };
+        if let Some(latency) = &latency {
+            warm_up(&moto, &latency.endpoint).await;
+        }
         let upstream = latency
             .as_ref()
             .map(|l| l.endpoint.clone())
@@ -1017,7 +1059,9 @@ mod bench {
             "== one fresh stack, +{latency_ms} ms per call: the engine in-process, critical path"
         );
         let moto = Emulator::start_kind(EmulatorKind::Moto).await?;
+        warm_up(&moto, &moto.endpoint).await;
         let latency = LatencyProxy::start(&moto.endpoint, latency_ms).await?;
+        warm_up(&moto, &latency.endpoint).await;
         let tap = AwsTap::start(
             &latency.endpoint,
             Some(ImagePush {
