@@ -91,6 +91,9 @@ pub fn new_drift<'a>(
         .collect()
 }
 
+/// The resources a walk did one thing to, each with its line for the Event's note.
+type Done<'a> = Vec<(&'a ResourceId, String)>;
+
 /// The Events of a forward walk.
 pub fn walk_events(
     previous: Option<&TransactionPipelineStatus>,
@@ -106,7 +109,7 @@ pub fn walk_events(
         .collect();
     // What the walk did, one Event per verb (not per resource): a fresh stack is one `Created`, not 29;
     // `status.resources` has each resource's own state.
-    let mut done: [(&str, &str, Vec<(&ResourceId, String)>); 4] = [
+    let mut done: [(&str, &str, Done); 4] = [
         ("Created", "Create", Vec::new()),
         ("Updated", "Update", Vec::new()),
         ("Adopted", "Adopt", Vec::new()),
@@ -178,7 +181,7 @@ pub fn teardown_events(report: &Report) -> Vec<Event> {
 
 /// One Normal Event for every resource a walk did `verb` to: the resource's own line when it is one,
 /// else their count and their lines, as many as the note holds.
-fn summary(reason: &str, verb: &str, done: Vec<(&ResourceId, String)>) -> Option<Event> {
+fn summary(reason: &str, verb: &str, done: Done) -> Option<Event> {
     match done.as_slice() {
         [] => None,
         [(id, line)] => {
@@ -256,7 +259,7 @@ mod tests {
         let resource = |i: usize| crate::engine::ResourceReport {
             id: crate::desired::ResourceId::new(
                 crate::desired::Kind::Alarm,
-                &format!("tap-dev-alarm-with-a-long-name-{i:02}"),
+                format!("tap-dev-alarm-with-a-long-name-{i:02}"),
             ),
             action: Action::Create,
             applied: true,
