@@ -140,6 +140,16 @@ where
     .clone()
 }
 
+/// A batch answer's items keyed by their names (an item without one cannot be asked for).
+fn by_name<T>(
+    items: impl IntoIterator<Item = T>,
+    name: impl Fn(&T) -> Option<&str>,
+) -> impl Iterator<Item = (String, T)> {
+    items
+        .into_iter()
+        .filter_map(move |item| Some((name(&item)?.to_string(), item)))
+}
+
 /// Alarm `ctx.name()` from the stack's one `DescribeAlarms`: `Some(None)` when it does not exist,
 /// `None` when there is no batched answer.
 pub async fn alarm(ctx: &Ctx<'_>) -> Option<Option<MetricAlarm>> {
@@ -164,11 +174,7 @@ pub async fn alarm(ctx: &Ctx<'_>) -> Option<Option<MetricAlarm>> {
                 .into_iter()
                 .flat_map(|page| page.metric_alarms.unwrap_or_default())
                 .collect();
-            for a in alarms {
-                if let Some(name) = a.alarm_name().map(str::to_string) {
-                    found.insert(name, a);
-                }
-            }
+            found.extend(by_name(alarms, MetricAlarm::alarm_name));
         }
         Ok(found)
     })
@@ -194,11 +200,10 @@ pub async fn repository(ctx: &Ctx<'_>) -> Option<Repository> {
                 .send()
                 .await
                 .context(ctx.id, "ecr:DescribeRepositories")?;
-            for r in described.repositories.unwrap_or_default() {
-                if let Some(name) = r.repository_name().map(str::to_string) {
-                    found.insert(name, r);
-                }
-            }
+            found.extend(by_name(
+                described.repositories.unwrap_or_default(),
+                Repository::repository_name,
+            ));
         }
         Ok(found)
     })
@@ -226,10 +231,7 @@ pub async fn log_group(ctx: &Ctx<'_>) -> Option<Option<LogGroup>> {
             .try_collect()
             .await
             .context(ctx.id, "logs:DescribeLogGroups")?;
-        Ok(groups
-            .into_iter()
-            .filter_map(|g| Some((g.log_group_name()?.to_string(), g)))
-            .collect::<HashMap<_, _>>())
+        Ok(by_name(groups, LogGroup::log_group_name).collect::<HashMap<_, _>>())
     })
     .await?;
     Some(all.get(ctx.name()).cloned())

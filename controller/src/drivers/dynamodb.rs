@@ -190,11 +190,6 @@ impl Tables {
     /// Waits (bounded) until the table is ACTIVE (the SDK's waiter), then until every index is ACTIVE
     /// too; a transient error when they are not.
     async fn wait_active(ctx: &Ctx<'_>) -> Result<TableDescription, AwsError> {
-        let indexes_active = |t: &TableDescription| {
-            t.global_secondary_indexes()
-                .iter()
-                .all(|i| i.index_status() == Some(&IndexStatus::Active))
-        };
         let answer = waited(
             ctx.aws
                 .dynamodb
@@ -211,30 +206,36 @@ impl Tables {
         // usually are): no second read then.
         if let Some(table) = answer
             .and_then(|out| out.table)
-            .filter(|t| indexes_active(t))
+            .filter(|t| Self::inactive_index(t).is_none())
         {
             return Ok(table);
         }
         poll(ctx.id, "dynamodb:DescribeTable", ACTIVE_TIMEOUT, || async {
-            let table = Self::describe(ctx).await?;
-            Ok(match table {
+            Ok(match Self::describe(ctx).await? {
                 None => Err("table not visible yet".to_string()),
-                Some(t) => match t
-                    .global_secondary_indexes()
-                    .iter()
-                    .find(|i| i.index_status() != Some(&IndexStatus::Active))
-                {
-                    Some(i) => Err(format!(
-                        "index {} is {}",
-                        i.index_name().unwrap_or_default(),
-                        i.index_status()
-                            .map_or("in an unknown state", |s| s.as_str())
-                    )),
+                Some(t) => match Self::inactive_index(&t) {
+                    Some(why) => Err(why),
                     None => Ok(t),
                 },
             })
         })
         .await
+    }
+
+    /// Which index of `table` is not ACTIVE yet, and what it is instead.
+    fn inactive_index(table: &TableDescription) -> Option<String> {
+        table
+            .global_secondary_indexes()
+            .iter()
+            .find(|i| i.index_status() != Some(&IndexStatus::Active))
+            .map(|i| {
+                format!(
+                    "index {} is {}",
+                    i.index_name().unwrap_or_default(),
+                    i.index_status()
+                        .map_or("in an unknown state", |s| s.as_str())
+                )
+            })
     }
 
     async fn put_pitr(ctx: &Ctx<'_>, enabled: bool) -> Result<(), AwsError> {

@@ -46,6 +46,25 @@ pub async fn image_exists(ctx: &Ctx<'_>, repository: &str, tag: &str) -> Result<
 }
 
 impl Repositories {
+    /// Repository `ctx.name()` on its own (`DescribeRepositories` of that one name).
+    async fn describe(ctx: &Ctx<'_>) -> Result<Option<Repository>, AwsError> {
+        Ok(ctx
+            .aws
+            .ecr
+            .describe_repositories()
+            .repository_names(ctx.name())
+            .send()
+            .await
+            .context(ctx.id, "ecr:DescribeRepositories")
+            .optional()?
+            .and_then(|out| {
+                out.repositories
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|r| r.repository_name() == Some(ctx.name()))
+            }))
+    }
+
     fn outputs(repository: &Repository) -> Outputs {
         Outputs {
             arn: repository.repository_arn().map(str::to_string),
@@ -117,30 +136,11 @@ impl Driver for Repositories {
         _desired: &RepositorySpec,
     ) -> Result<Option<Observed<RepositorySpec>>, AwsError> {
         let repository = match super::batch::repository(ctx).await {
-            Some(repository) => repository,
-            None => {
-                let Some(described) = ctx
-                    .aws
-                    .ecr
-                    .describe_repositories()
-                    .repository_names(ctx.name())
-                    .send()
-                    .await
-                    .context(ctx.id, "ecr:DescribeRepositories")
-                    .optional()?
-                else {
-                    return Ok(None);
-                };
-                let Some(repository) = described
-                    .repositories
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|r| r.repository_name() == Some(ctx.name()))
-                else {
-                    return Ok(None);
-                };
-                repository
-            }
+            Some(repository) => Some(repository),
+            None => Self::describe(ctx).await?,
+        };
+        let Some(repository) = repository else {
+            return Ok(None);
         };
         let policy = ctx
             .aws

@@ -107,53 +107,33 @@ pub fn walk_events(
     let mut events: Vec<Event> = phase_changed(previous.and_then(|s| s.phase), phase, &why)
         .into_iter()
         .collect();
-    // What the walk did, one Event per verb (not per resource): a fresh stack is one `Created`, not 29;
-    // `status.resources` has each resource's own state.
-    let mut done: [(&str, &str, Done); 4] = [
-        ("Created", "Create", Vec::new()),
-        ("Updated", "Update", Vec::new()),
-        ("Adopted", "Adopt", Vec::new()),
-        ("Deleted", "Delete", Vec::new()),
-    ];
     for r in &report.resources {
-        let slot = match (&r.action, r.applied) {
-            (Action::Create, true) => 0,
-            (Action::Update(_), true) => 1,
-            (Action::Adopt(_), true) => 2,
-            (Action::Delete, true) => 3,
-            (Action::Fail(_), _) | (Action::Conflict(_), _) => {
-                let message = r.message();
-                let seen = previous.is_some_and(|s| {
-                    s.resources.iter().any(|x| {
-                        x.kind == r.id.kind.as_str() && x.name == r.id.name && x.message == message
-                    })
-                });
-                if seen {
-                    continue;
-                }
-                let reason = if matches!(r.action, Action::Conflict(_)) {
-                    "ResourceConflict"
-                } else {
-                    "AwsError"
-                };
-                let action = subject_action(reason, r.id.kind.as_str(), &r.id.name, None);
-                events.push(event(
-                    EventType::Warning,
-                    reason,
-                    &action,
-                    format!("{}: {}", r.id, r.message()),
-                ));
-                continue;
-            }
-            _ => continue,
+        if !matches!(r.action, Action::Fail(_) | Action::Conflict(_)) {
+            continue;
+        }
+        let message = r.message();
+        let seen = previous.is_some_and(|s| {
+            s.resources.iter().any(|x| {
+                x.kind == r.id.kind.as_str() && x.name == r.id.name && x.message == message
+            })
+        });
+        if seen {
+            continue;
+        }
+        let reason = if matches!(r.action, Action::Conflict(_)) {
+            "ResourceConflict"
+        } else {
+            "AwsError"
         };
-        done[slot]
-            .2
-            .push((&r.id, format!("{}: {}", r.id, r.message())));
+        let action = subject_action(reason, r.id.kind.as_str(), &r.id.name, None);
+        events.push(event(
+            EventType::Warning,
+            reason,
+            &action,
+            format!("{}: {message}", r.id),
+        ));
     }
-    for (reason, verb, lines) in done {
-        events.extend(summary(reason, verb, lines));
-    }
+    events.extend(done_events(report));
     for d in new_drift(previous, report) {
         events.push(event(
             EventType::Warning,
@@ -170,13 +150,39 @@ pub fn walk_events(
 
 /// The Events of a teardown: one `Deleted` naming what was deleted.
 pub fn teardown_events(report: &Report) -> Vec<Event> {
-    let deleted = report
-        .resources
-        .iter()
-        .filter(|r| r.applied && r.action == Action::Delete)
-        .map(|r| (&r.id, format!("{}: deleted", r.id)))
-        .collect();
-    summary("Deleted", "Delete", deleted).into_iter().collect()
+    done_events(report).collect()
+}
+
+/// What a walk did, one Event per verb (not per resource: a fresh stack is one `Created`, not 29;
+/// `status.resources` has each resource's own state), as reason and action verb, in this order.
+const DONE: [(&str, &str); 4] = [
+    ("Created", "Create"),
+    ("Updated", "Update"),
+    ("Adopted", "Adopt"),
+    ("Deleted", "Delete"),
+];
+
+/// The reason of the Event for an action carried out.
+fn done_reason(action: &Action) -> Option<&'static str> {
+    match action {
+        Action::Create => Some("Created"),
+        Action::Update(_) => Some("Updated"),
+        Action::Adopt(_) => Some("Adopted"),
+        Action::Delete => Some("Deleted"),
+        _ => None,
+    }
+}
+
+fn done_events(report: &Report) -> impl Iterator<Item = Event> + '_ {
+    DONE.into_iter().filter_map(|(reason, verb)| {
+        let done = report
+            .resources
+            .iter()
+            .filter(|r| r.applied && done_reason(&r.action) == Some(reason))
+            .map(|r| (&r.id, format!("{}: {}", r.id, r.message())))
+            .collect();
+        summary(reason, verb, done)
+    })
 }
 
 /// One Normal Event for every resource a walk did `verb` to: the resource's own line when it is one,
