@@ -190,6 +190,28 @@ async fn waits_for_images_then_converges_reads_back_and_tears_down() {
         "the call counter sees every operation: {:?}",
         first.calls
     );
+    // The lock is taken while the first resources are read, and what this walk created is not stale
+    // under it: nothing is read a second time after the lock.
+    let count = |service: &str, op: &str| {
+        first
+            .calls
+            .get(&(service.to_string(), op.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    for (service, op, resources) in [
+        ("SQS", "GetQueueUrl", 1),
+        ("SNS", "GetTopicAttributes", 1),
+        ("ECR", "DescribeImages", 3),
+        ("API Gateway", "GetApiKeys", 1),
+    ] {
+        assert_eq!(
+            count(service, op),
+            resources,
+            "{service} {op} once per resource: {:?}",
+            first.calls
+        );
+    }
     let Action::Wait(wait) = action(&first, Kind::Function, "tap-dev1-csv-validator") else {
         panic!(
             "csv-validator should wait for its image: {:?}",

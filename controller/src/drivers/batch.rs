@@ -17,11 +17,11 @@
 //!
 //! Nothing is skipped: every field of every resource is read at every walk, only in fewer calls.
 //!
-//! **Freshness.** An answer is served only while this walk has not begun to write: the first write takes
-//! the stack's lock ([`Batch::writing`], set before the lock is asked for), and from then on every read
-//! is a call of its own again. A turn that took a batched answer before the lock and then wants to write
-//! was observed before the lock, so the engine observes it again anyway (under the lock, without the
-//! batch). A failed batch call is not an answer: each driver then reads its own resource, so an error is
+//! **Freshness.** An answer is served only while this walk has not begun to write: the first write of a
+//! turn ([`Batch::writing`], set before it asks for the stack's lock) ends it, and from then on every
+//! read is a call of its own again. A turn that took a batched answer before the lock and then wants to
+//! write was observed before the lock, so the engine observes it again (under the lock, without the
+//! batch), unless no one else can have written since the walk began (see `engine::lock`). A failed batch call is not an answer: each driver then reads its own resource, so an error is
 //! reported on the resource it concerns.
 //!
 //! The batch lives in a task-local value for the duration of a walk ([`scope`]); outside a walk (driver

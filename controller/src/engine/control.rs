@@ -9,12 +9,14 @@
 //! carries its tags. Anything else under our name stays someone else's.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, Tag,
+    ScalarAttributeType, TableDescription, TableStatus, Tag,
 };
 use tokio::sync::OnceCell;
 
@@ -35,6 +37,12 @@ pub struct Control {
     owner: String,
     tags: Tags,
     ready: OnceCell<()>,
+    /// What [`Control::exists`] found, for [`Control::ensure`] to start from.
+    seen: Mutex<Option<Option<TableDescription>>>,
+    /// [`Control::ensure`] created the table.
+    made: AtomicBool,
+    /// When this walk's control was made: before anything the walk observes.
+    pub(super) since: Instant,
     pub(super) lock: LockOptions,
     pub(super) lock_state: tokio::sync::Mutex<LockState>,
 }
@@ -65,6 +73,9 @@ impl Control {
             owner: owner.to_string(),
             tags,
             ready: OnceCell::new(),
+            seen: Mutex::new(None),
+            made: AtomicBool::new(false),
+            since: Instant::now(),
             lock,
             lock_state: Default::default(),
         }
@@ -75,74 +86,47 @@ impl Control {
     }
 
     /// Creates the table when it is missing (tags in the same call: it is ours from its first moment);
-    /// refuses one this pipeline does not own. Once per walk.
+    /// refuses one this pipeline does not own. Once per walk; from what [`Control::exists`] read, if it
+    /// was asked.
     pub async fn ensure(&self) -> Result<(), AwsError> {
         self.ready
             .get_or_try_init(|| async {
-                let dynamodb = &self.aws.dynamodb;
-                match self.describe().await? {
+                let seen = self.seen.lock().expect("control poisoned").take();
+                let existing = match seen {
+                    Some(seen) => seen,
+                    None => self.describe().await?,
+                };
+                let active = match existing {
                     Some(table) => {
-                        let tags = dynamodb
-                            .list_tags_of_resource()
-                            .resource_arn(table.table_arn().unwrap_or_default())
-                            .send()
-                            .await
-                            .context(&self.id, "dynamodb:ListTagsOfResource")?;
-                        let owner = tags
-                            .tags()
-                            .iter()
-                            .find(|t| t.key() == OWNER_TAG)
-                            .map(|t| t.value().to_string());
-                        if owner.as_deref() != Some(self.owner.as_str()) {
-                            return Err(AwsError::terminal(
-                                &self.id,
-                                "dynamodb:DescribeTable",
-                                format!(
-                                    "the stack's control table exists but is {}: this pipeline writes nothing",
-                                    owner.map(|o| format!("owned by {o}")).unwrap_or_else(|| "not tagged by tap-controller".into())
-                                ),
-                            ));
-                        }
+                        self.check_owner(&table).await?;
+                        false
                     }
-                    None => {
-                        let tags = self
-                            .tags
-                            .iter()
-                            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(|e| AwsError::terminal(&self.id, "dynamodb:CreateTable", e.to_string()))?;
-                        let created = dynamodb
-                            .create_table()
-                            .table_name(&self.table)
-                            .billing_mode(BillingMode::PayPerRequest)
-                            .attribute_definitions(
-                                AttributeDefinition::builder()
-                                    .attribute_name("pk")
-                                    .attribute_type(ScalarAttributeType::S)
-                                    .build()
-                                    .expect("name and type set"),
-                            )
-                            .key_schema(
-                                KeySchemaElement::builder()
-                                    .attribute_name("pk")
-                                    .key_type(KeyType::Hash)
-                                    .build()
-                                    .expect("name and type set"),
-                            )
-                            .set_tags(Some(tags))
-                            .send()
-                            .await
-                            .context(&self.id, "dynamodb:CreateTable");
-                        // Another writer of this pipeline made it meanwhile: the same table.
-                        if let Err(e) = created {
-                            if e.code.as_deref() != Some("ResourceInUseException") {
-                                return Err(e);
-                            }
+                    None => match self.create_table().await? {
+                        Some(created) => {
+                            self.made.store(true, Ordering::Relaxed);
+                            created.table_status() == Some(&TableStatus::Active)
                         }
-                    }
+                        // Another writer made it meanwhile: ours only if its tags say so.
+                        None => {
+                            let table = self.describe().await?.ok_or_else(|| {
+                                AwsError::transient(
+                                    &self.id,
+                                    "dynamodb:DescribeTable",
+                                    "the control table was being created and is gone",
+                                )
+                            })?;
+                            self.check_owner(&table).await?;
+                            false
+                        }
+                    },
+                };
+                // A create answered ACTIVE needs no wait (on AWS it answers CREATING).
+                if active {
+                    return Ok(());
                 }
                 waited(
-                    dynamodb
+                    self.aws
+                        .dynamodb
                         .wait_until_table_exists()
                         .table_name(&self.table)
                         .wait(ACTIVE_TIMEOUT)
@@ -158,15 +142,99 @@ impl Control {
             .copied()
     }
 
+    /// The owner tag's value on the table, if any.
+    async fn owner_of(&self, table: &TableDescription) -> Result<Option<String>, AwsError> {
+        let tags = self
+            .aws
+            .dynamodb
+            .list_tags_of_resource()
+            .resource_arn(table.table_arn().unwrap_or_default())
+            .send()
+            .await
+            .context(&self.id, "dynamodb:ListTagsOfResource")?;
+        Ok(tags
+            .tags()
+            .iter()
+            .find(|t| t.key() == OWNER_TAG)
+            .map(|t| t.value().to_string()))
+    }
+
+    /// Refuses a control table this pipeline's owner tag is not on.
+    async fn check_owner(&self, table: &TableDescription) -> Result<(), AwsError> {
+        let owner = self.owner_of(table).await?;
+        if owner.as_deref() == Some(self.owner.as_str()) {
+            return Ok(());
+        }
+        Err(AwsError::terminal(
+            &self.id,
+            "dynamodb:DescribeTable",
+            format!(
+                "the stack's control table exists but is {}: this pipeline writes nothing",
+                owner
+                    .map(|o| format!("owned by {o}"))
+                    .unwrap_or_else(|| "not tagged by tap-controller".into())
+            ),
+        ))
+    }
+
+    /// Creates the table with the stack's tags: its description, or `None` when it exists already.
+    async fn create_table(&self) -> Result<Option<TableDescription>, AwsError> {
+        let tags = self
+            .tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AwsError::terminal(&self.id, "dynamodb:CreateTable", e.to_string()))?;
+        let created = self
+            .aws
+            .dynamodb
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .expect("name and type set"),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .expect("name and type set"),
+            )
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .context(&self.id, "dynamodb:CreateTable");
+        match created {
+            Ok(out) => Ok(Some(
+                out.table_description
+                    .unwrap_or_else(|| TableDescription::builder().build()),
+            )),
+            Err(e) if e.code.as_deref() == Some("ResourceInUseException") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether this walk created the table (so no one else can have written the stack under it
+    /// before this walk's lock: see [`Control::writer`]).
+    pub(super) fn made_by_this_walk(&self) -> bool {
+        self.made.load(Ordering::Relaxed)
+    }
+
     /// Whether the control table exists (a read; any writer of the stack made it at its first write).
     pub async fn exists(&self) -> Result<bool, AwsError> {
-        Ok(self.describe().await?.is_some())
+        let table = self.describe().await?;
+        let exists = table.is_some();
+        *self.seen.lock().expect("control poisoned") = Some(table);
+        Ok(exists)
     }
 
     /// The control table as DynamoDB describes it, if it exists.
-    async fn describe(
-        &self,
-    ) -> Result<Option<aws_sdk_dynamodb::types::TableDescription>, AwsError> {
+    async fn describe(&self) -> Result<Option<TableDescription>, AwsError> {
         Ok(self
             .aws
             .dynamodb
@@ -247,19 +315,7 @@ impl Control {
         let Some(table) = self.describe().await? else {
             return Ok(false);
         };
-        let tags = self
-            .aws
-            .dynamodb
-            .list_tags_of_resource()
-            .resource_arn(table.table_arn().unwrap_or_default())
-            .send()
-            .await
-            .context(&self.id, "dynamodb:ListTagsOfResource")?;
-        if !tags
-            .tags()
-            .iter()
-            .any(|t| t.key() == OWNER_TAG && t.value() == self.owner)
-        {
+        if self.owner_of(&table).await?.as_deref() != Some(self.owner.as_str()) {
             return Ok(false);
         }
         self.writer(None).await?;

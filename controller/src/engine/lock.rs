@@ -1,9 +1,11 @@
 //! One writer per stack: a lock item (`pk = "lock"`) in the stack's control table, which every writer
 //! sees, the CLI on a laptop and the controller in a cluster alike. Taken with one conditional
 //! `PutItem` (free, expired, or already ours), kept alive by a heartbeat, released with one conditional
-//! `DeleteItem`, and gone with the table after the last teardown. It is taken at a walk's first write,
-//! not before: a resync that finds nothing to change writes nothing, the lock included. A resource
-//! observed before the lock was taken is observed again under it.
+//! `UpdateItem` that expires it (the item stays: a table whose lock item is missing was never locked),
+//! and gone with the table after the last teardown. It is taken at a walk's first write, not before: a
+//! resync that finds nothing to change writes nothing, the lock included. A resource observed before
+//! the lock was taken is observed again under it, unless this walk made the table and took its first
+//! lock: then no one else can have written the stack since the walk began.
 //!
 //! A lock whose holder string is ours is ours to take: the controller's replicas share one identity (the
 //! Kubernetes Lease already makes one of them active), so a restarted controller resumes at once. The
@@ -13,7 +15,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use serde::Serialize;
 
 use super::control::Control;
@@ -87,6 +89,15 @@ pub(super) enum LockState {
     Refused(AwsError, LockHolder),
 }
 
+/// What one conditional put found.
+enum Try {
+    Taken {
+        /// No lock item was there: the table was never locked.
+        first: bool,
+    },
+    HeldBy(LockHolder),
+}
+
 fn key() -> HashMap<String, AttributeValue> {
     HashMap::from([("pk".to_string(), AttributeValue::S("lock".into()))])
 }
@@ -119,20 +130,25 @@ impl Control {
             LockState::Refused(e, _) => return Err(e.clone()),
             LockState::Free => {}
         }
-        // From here on this walk's reads are its own calls again (see `drivers::batch`).
-        crate::drivers::batch::writing();
         self.ensure().await?;
         let id = new_lock_id(&self.lock.holder);
         let deadline = Instant::now() + self.lock.timeout;
         let mut told: Option<String> = None;
         loop {
             match self.try_lock(&id).await? {
-                None => {
-                    let at = Instant::now();
+                Try::Taken { first } => {
+                    // Every write is made under this table's lock: in a table this walk created, a
+                    // first lock means nothing was written since the walk began, so what it observed
+                    // before is current. (A table of an earlier teardown went with that teardown.)
+                    let at = if first && self.made_by_this_walk() {
+                        self.since
+                    } else {
+                        Instant::now()
+                    };
                     *state = LockState::Held { id, at };
                     return Ok(at);
                 }
-                Some(holder) if Instant::now() >= deadline => {
+                Try::HeldBy(holder) if Instant::now() >= deadline => {
                     let error = AwsError {
                         resource: self.id.to_string(),
                         call: "dynamodb:PutItem".into(),
@@ -146,7 +162,7 @@ impl Control {
                     *state = LockState::Refused(error.clone(), holder);
                     return Err(error);
                 }
-                Some(holder) => {
+                Try::HeldBy(holder) => {
                     if told.as_deref() != Some(holder.id.as_str()) {
                         tracing::info!(%holder, "waiting for the stack's lock");
                         if let Some(progress) = progress {
@@ -169,8 +185,8 @@ impl Control {
         }
     }
 
-    /// One conditional put: `None` when the lock is ours now, else who holds it.
-    async fn try_lock(&self, id: &str) -> Result<Option<LockHolder>, AwsError> {
+    /// One conditional put: taken (the table's first lock, or not), or who holds it.
+    async fn try_lock(&self, id: &str) -> Result<Try, AwsError> {
         let now = now_ms();
         let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let expires = now + self.lock.lease.as_millis() as i64;
@@ -199,14 +215,17 @@ impl Control {
             .condition_expression("attribute_not_exists(pk) OR expires < :now OR holder = :holder")
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
             .expression_attribute_values(":holder", AttributeValue::S(self.lock.holder.clone()))
+            .return_values(ReturnValue::AllOld)
             .send()
             .await
             .context(&self.id, "dynamodb:PutItem");
         match put {
-            Ok(_) => Ok(None),
+            Ok(out) => Ok(Try::Taken {
+                first: out.attributes.is_none_or(|old| old.is_empty()),
+            }),
             Err(e) if e.code.as_deref() == Some("ConditionalCheckFailedException") => {
                 // Released between the two calls: the next try takes it.
-                Ok(Some(self.holder().await?.unwrap_or(LockHolder {
+                Ok(Try::HeldBy(self.holder().await?.unwrap_or(LockHolder {
                     holder: "(released)".into(),
                     id: String::new(),
                     since: String::new(),
@@ -295,7 +314,7 @@ impl Control {
             *state = LockState::Free;
             id
         };
-        self.delete_lock(&id).await
+        self.expire_lock(&id).await
     }
 
     /// The table is gone, and the lock with it.
@@ -303,20 +322,23 @@ impl Control {
         *self.lock_state.lock().await = LockState::Free;
     }
 
-    async fn delete_lock(&self, id: &str) -> Result<(), AwsError> {
-        let deleted = self
+    /// Frees the lock `id`: expired, not deleted, so that the table remembers it was locked before.
+    async fn expire_lock(&self, id: &str) -> Result<(), AwsError> {
+        let expired = self
             .aws
             .dynamodb
-            .delete_item()
+            .update_item()
             .table_name(self.table())
             .set_key(Some(key()))
+            .update_expression("SET expires = :released")
             .condition_expression("lock_id = :id")
+            .expression_attribute_values(":released", AttributeValue::N("0".into()))
             .expression_attribute_values(":id", AttributeValue::S(id.to_string()))
             .send()
             .await
-            .context(&self.id, "dynamodb:DeleteItem")
+            .context(&self.id, "dynamodb:UpdateItem")
             .optional();
-        match deleted {
+        match expired {
             Ok(_) => Ok(()),
             // Taken over after it expired: it is not ours to delete any more.
             Err(e) if e.code.as_deref() == Some("ConditionalCheckFailedException") => Ok(()),
@@ -341,7 +363,7 @@ impl Control {
                 "{holder}; refusing to remove it with id {id}"
             )));
         }
-        self.delete_lock(id).await?;
+        self.expire_lock(id).await?;
         Ok(holder)
     }
 }

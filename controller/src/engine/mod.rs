@@ -322,7 +322,18 @@ impl Engine {
         let batch = Arc::new(drivers::batch::Batch::for_stack(&stack));
         let (reports, walk_calls) = aws::scope(drivers::batch::scope(
             batch,
-            under_lock(&control, mode, walk),
+            // A stack never written will be: its lock is taken while the first resources are read.
+            under_lock(
+                &control,
+                mode,
+                if fresh {
+                    Locking::Alongside
+                } else {
+                    Locking::OnFirstWrite
+                },
+                self.progress.as_deref(),
+                walk,
+            ),
         ))
         .await;
         for (key, n) in walk_calls {
@@ -401,7 +412,18 @@ impl Engine {
             }
             reports
         };
-        let (reports, calls) = aws::scope(under_lock(&control, mode, work)).await;
+        let work = Box::pin(work);
+        let (reports, calls) = aws::scope(async {
+            // A teardown of a stack someone wrote deletes: its lock is taken before anything is read,
+            // so that nothing is read twice. Without a control table, nothing was written under one.
+            let locking = if mode == Mode::Apply && matches!(control.exists().await, Ok(true)) {
+                Locking::Before
+            } else {
+                Locking::OnFirstWrite
+            };
+            under_lock(&control, mode, locking, self.progress.as_deref(), work).await
+        })
+        .await;
         let (reports, locked_by) = reports;
         let mut report = finish(&stack, reports, Vec::new(), started, calls);
         report.locked_by = locked_by;
@@ -414,6 +436,8 @@ impl Engine {
 async fn under_lock<T>(
     control: &Control,
     mode: Mode,
+    locking: Locking,
+    progress: Option<&dyn Progress>,
     walk: impl std::future::Future<Output = T>,
 ) -> (T, Option<LockHolder>) {
     // On the heap: a walk's future is large, and a caller's stack (a test thread's 2 MiB) need not hold it.
@@ -422,8 +446,22 @@ async fn under_lock<T>(
         let (out, holder) = futures::join!(walk, control.holder());
         return (out, holder.ok().flatten());
     }
+    // A failure here is the first write's to report (a refusal is kept for every write of the walk).
+    let lock = Box::pin(async {
+        let _ = control.writer(progress).await;
+    });
+    let locked_walk = async {
+        match locking {
+            Locking::OnFirstWrite => walk.await,
+            Locking::Alongside => futures::join!(lock, walk).1,
+            Locking::Before => {
+                lock.await;
+                walk.await
+            }
+        }
+    };
     let out = tokio::select! {
-        out = walk => out,
+        out = locked_walk => out,
         _ = control.keep_alive() => unreachable!("the heartbeat runs until the walk ends"),
     };
     if let Err(e) = control.release().await {
@@ -431,6 +469,17 @@ async fn under_lock<T>(
         tracing::warn!(error = %e, "could not release the stack's lock");
     }
     (out, control.refused_by().await)
+}
+
+/// When a writing walk takes the stack's lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Locking {
+    /// At its first write: a walk that finds nothing to change writes nothing.
+    OnFirstWrite,
+    /// While it starts reading: it will write.
+    Alongside,
+    /// Before it reads anything: it will write, and what it read before the lock would be read again.
+    Before,
 }
 
 /// The control table carries the stack's ownership tags.

@@ -259,6 +259,8 @@ impl Step<'_> {
     /// Takes the stack's lock before this turn's first write: `Some(turn)` when the turn must stop
     /// here (someone else holds it; or it was taken after this turn observed, so observe again).
     async fn lock_for_write(&self, observed_at: Instant) -> Option<Turn> {
+        // From here on this walk's reads are its own calls again (see `drivers::batch`).
+        drivers::batch::writing();
         match self.control.writer(self.progress).await {
             Ok(taken) if taken > observed_at => Some(Turn::stale()),
             Ok(_) => None,
