@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::SdkConfig;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
 
 /// How the clients are built beyond the SDK configuration.
@@ -27,7 +28,24 @@ pub struct ClientOptions {
 /// absorbed here rather than failing a walk. A configuration that turned retries off keeps them off.
 pub const MAX_ATTEMPTS: u32 = 5;
 
-/// The SDK configuration the clients are built from: rate-limited HTTP, more attempts.
+/// Idle connections kept per host: enough for a walk's next burst; the SDK's default keeps every one.
+pub const POOL_MAX_IDLE_PER_HOST: usize = 32;
+/// How long an idle connection is kept (the SDK's default: 90 s, longer than most resync gaps).
+pub const POOL_IDLE: Duration = Duration::from_secs(20);
+
+/// One HTTP client, hence one connection pool, set explicitly for all the service clients of a region:
+/// its idle connections bounded in number and in time in one place.
+fn shared_http_client() -> SharedHttpClient {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_idle_timeout(POOL_IDLE)
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+        .build_https()
+}
+
+/// The SDK configuration the clients are built from: one bounded connection pool, rate-limited HTTP,
+/// more attempts.
 fn client_config(sdk: &SdkConfig, options: &ClientOptions) -> SdkConfig {
     let mut builder = sdk.to_builder();
     let retries = sdk
@@ -42,20 +60,12 @@ fn client_config(sdk: &SdkConfig, options: &ClientOptions) -> SdkConfig {
                 .with_max_backoff(Duration::from_secs(20)),
         ));
     }
-    if !options.rate_limits.0.is_empty() {
-        let inner = sdk.http_client().unwrap_or_else(|| {
-            use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-                .build_https()
-        });
-        builder.set_http_client(Some(
-            aws_smithy_runtime_api::client::http::SharedHttpClient::new(RateLimitedClient::new(
-                inner,
-                &options.rate_limits,
-            )),
-        ));
-    }
+    let http = sdk.http_client().unwrap_or_else(shared_http_client);
+    builder.set_http_client(Some(if options.rate_limits.0.is_empty() {
+        http
+    } else {
+        SharedHttpClient::new(RateLimitedClient::new(http, &options.rate_limits))
+    }));
     builder.build()
 }
 
