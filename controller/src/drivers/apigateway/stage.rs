@@ -4,16 +4,19 @@
 //! [`deployment_fingerprint`](crate::desired::RestApiSpec::deployment_fingerprint), which the
 //! deployment's description carries (`tap <fingerprint>`). A change of the API's method, integration,
 //! validator or model changes the fingerprint, and the stage is pointed at a new deployment; a deployment
-//! someone else put on the stage shows as drift. The description doubles as the deployment's client
-//! token: before creating one, the driver looks for a deployment with that description (one whose create
-//! answer was lost), so a retried deployment is never made twice.
+//! someone else put on the stage shows as drift. A new stage is made by its first deployment, in one
+//! call. For a later one, the description doubles as the deployment's client token: before creating
+//! one, the driver looks for a deployment with that description (one whose create answer was lost), so
+//! a retried deployment is never made twice.
 
 use aws_sdk_apigateway::types::Deployment;
 
 use crate::aws::{AwsError, Optional, ResultExt};
 use crate::desired::{Kind, StageSpec, Tags, OWNER_TAG};
 
-use super::super::{sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs};
+use super::super::{
+    sync_tags, user_tags, Changes, Ctx, Driver, DriverError, Observed, Outputs, TagApi,
+};
 use super::{find_rest_api, replace, require_rest_api_id, rest_api_id, settings_key, Tagging};
 
 pub struct Stages;
@@ -205,19 +208,27 @@ impl Driver for Stages {
         tags: &Tags,
     ) -> Result<Outputs, DriverError> {
         let api_id = require_rest_api_id(ctx, &desired.rest_api_name).await?;
-        let deployment = Self::deployment(ctx, &api_id, desired).await?;
+        // A deployment made with the stage's name makes the stage with it, in one call: a lost answer
+        // leaves either nothing or the stage on our deployment, which the next observe finds, so there is
+        // no deployment to look for first. The call cannot tag the stage or set its throttling; those two
+        // follow at once, and a crash before them is tag and settings drift the next walk corrects.
         ctx.aws
             .apigateway
-            .create_stage()
+            .create_deployment()
             .rest_api_id(&api_id)
+            .description(deployment_description(desired))
             .stage_name(&desired.stage_name)
-            .deployment_id(deployment)
             .tracing_enabled(desired.tracing_enabled)
-            .set_tags(Some(tags.clone().into_iter().collect()))
+            .customize()
+            .config_override(super::once())
             .send()
             .await
-            .context(ctx.id, "apigateway:CreateStage")?;
-        Self::patch_stage(ctx, &api_id, &desired.stage_name, Self::settings(desired)).await?;
+            .context(ctx.id, "apigateway:CreateDeployment")?;
+        let arn = Self::arn(ctx, &api_id, &desired.stage_name);
+        tokio::try_join!(
+            Self::patch_stage(ctx, &api_id, &desired.stage_name, Self::settings(desired)),
+            Tagging.tag(ctx, &arn, tags.clone()),
+        )?;
         Ok(Self::outputs(ctx, &api_id, desired))
     }
 
