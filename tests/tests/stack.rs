@@ -309,6 +309,9 @@ async fn waits_for_images_then_converges_reads_back_and_tears_down() {
                 .all(|d| d.action == DriftAction::Uncorrectable),
             "emulator gaps are held back, not rewritten"
         );
+        if round == 1 {
+            assert_tags_read_in_one_batch(&h.aws, &again).await;
+        }
     }
 
     // 4. Teardown removes everything, dependents first; a second teardown finds nothing to do.
@@ -349,6 +352,82 @@ async fn waits_for_images_then_converges_reads_back_and_tears_down() {
 }
 
 /// Every resource read back through the SDK, checking the fields the stack promises.
+/// A resync reads the stack's tags with one `GetResources` by owner tag: a resource that answer lists
+/// reads no tags of its own, one it does not list (the emulators cover fewer services than AWS) does.
+async fn assert_tags_read_in_one_batch(aws: &Aws, resync: &Report) {
+    use aws_sdk_resourcegroupstagging::types::TagFilter;
+    let listed: std::collections::BTreeSet<String> = aws
+        .tagging
+        .get_resources()
+        .tag_filters(
+            TagFilter::builder()
+                .key(tap_controller::desired::OWNER_TAG)
+                .values(OWNER)
+                .build(),
+        )
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .expect("GetResources")
+        .into_iter()
+        .filter_map(|m| m.resource_arn)
+        .collect();
+    let own_tag_reads = [
+        ("CloudWatch", "ListTagsForResource"),
+        ("CloudWatch Logs", "ListTagsForResource"),
+        ("DynamoDB", "ListTagsOfResource"),
+        ("S3", "GetBucketTagging"),
+        ("SNS", "ListTagsForResource"),
+        ("SQS", "ListQueueTags"),
+        ("SFN", "ListTagsForResource"),
+        ("ECR", "ListTagsForResource"),
+    ];
+    let calls = |service: &str, op: &str| {
+        resync
+            .calls
+            .get(&(service.to_string(), op.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    let read_own: u64 = own_tag_reads.iter().map(|(s, o)| calls(s, o)).sum();
+    let batched_kinds = [
+        Kind::Alarm,
+        Kind::LogGroup,
+        Kind::Table,
+        Kind::Bucket,
+        Kind::Topic,
+        Kind::Queue,
+        Kind::StateMachine,
+        Kind::Repository,
+    ];
+    let resources: Vec<&str> = resync
+        .resources
+        .iter()
+        .filter(|r| batched_kinds.contains(&r.id.kind))
+        .map(|r| r.outputs.arn.as_deref().expect("an ARN"))
+        .collect();
+    let unlisted = resources
+        .iter()
+        .filter(|arn| !listed.contains(arn.strip_suffix(":*").unwrap_or(arn)))
+        .count();
+    assert!(
+        unlisted < resources.len(),
+        "the emulator lists some of the stack's resources by tag: {listed:?}"
+    );
+    assert!(
+        calls("Resource Groups Tagging API", "GetResources") >= 1,
+        "{:?}",
+        resync.calls
+    );
+    assert_eq!(
+        read_own, unlisted as u64,
+        "only the {unlisted} resources GetResources does not list read their own tags: {:?}",
+        resync.calls
+    );
+}
+
 async fn read_back(aws: &Aws, account: &str) {
     // DynamoDB: keys, GSI on timestamp, on-demand, tags.
     for (table, key) in [

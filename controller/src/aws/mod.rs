@@ -87,6 +87,8 @@ pub struct Aws {
     pub sqs: aws_sdk_sqs::Client,
     pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    /// The Resource Groups Tagging API: a stack's tags in one read (see `drivers::batch`).
+    pub tagging: aws_sdk_resourcegroupstagging::Client,
     pub sts: aws_sdk_sts::Client,
 }
 
@@ -159,6 +161,7 @@ impl Aws {
             sqs: client!(aws_sdk_sqs, sdk, calls, options),
             cloudwatch: client!(aws_sdk_cloudwatch, sdk, calls, options),
             logs: client!(aws_sdk_cloudwatchlogs, sdk, calls, options),
+            tagging: client!(aws_sdk_resourcegroupstagging, sdk, calls, options),
             sts,
             calls,
         })

@@ -15,6 +15,14 @@
 //!   statements, and the function's tags (its owner tag proves the statements ours) are the ones the
 //!   function's own `GetFunction` read earlier in the same walk (a permission depends on its function).
 //!
+//! - **Tags**: one `GetResources` of the Resource Groups Tagging API, filtered on this pipeline's owner
+//!   tag, lists the tags of every resource of the stack it covers (alarms, log groups, tables, the
+//!   bucket, the topic, the queue, the state machine, the repositories) instead of one tag read each. A
+//!   resource the answer does not list (untagged, someone else's, not covered by the API, or tagged too
+//!   recently to show: the API is eventually consistent) reads its own tags, so the answer is only ever
+//!   used to confirm tags that the resource carries, and a foreign namesake is never taken for ours. A
+//!   stale answer cannot lead to a write: a walk that writes observes again without the batch (below).
+//!
 //! Nothing is skipped: every field of every resource is read at every walk, only in fewer calls.
 //!
 //! **Freshness.** An answer is served only while this walk has not begun to write: the first write of a
@@ -35,10 +43,13 @@ use std::sync::{Arc, Mutex};
 use aws_sdk_cloudwatch::types::MetricAlarm;
 use aws_sdk_cloudwatchlogs::types::LogGroup;
 use aws_sdk_ecr::types::Repository;
+use aws_sdk_resourcegroupstagging::types::TagFilter;
 use tokio::sync::OnceCell;
 
 use crate::aws::{AwsError, Optional, ResultExt};
-use crate::desired::{names, Kind, Stack, Tags};
+use crate::desired::{names, Kind, Stack, Tags, OWNER_TAG};
+
+use super::user_tags;
 
 use super::Ctx;
 
@@ -46,6 +57,8 @@ use super::Ctx;
 const ALARM_NAMES_PER_CALL: usize = 100;
 /// `DescribeRepositories` takes at most this many names.
 const REPOSITORY_NAMES_PER_CALL: usize = 100;
+/// `GetResources` answers at most this many resources per page.
+const TAGGED_RESOURCES_PER_PAGE: i32 = 100;
 
 type Shared<T> = OnceCell<Option<Arc<T>>>;
 
@@ -60,6 +73,8 @@ pub struct Batch {
     repositories: Shared<HashMap<String, Repository>>,
     /// Function name → its policy document (`None`: it has none).
     policies: Mutex<HashMap<String, Arc<Shared<Option<String>>>>>,
+    /// ARN → tags of every resource carrying this pipeline's owner tag, from the Tagging API.
+    tags: Shared<HashMap<String, Tags>>,
     /// Function name → the tags its `GetFunction` read in this walk.
     function_tags: Mutex<HashMap<String, Tags>>,
     writing: AtomicBool,
@@ -235,6 +250,52 @@ pub async fn log_group(ctx: &Ctx<'_>) -> Option<Option<LogGroup>> {
     })
     .await?;
     Some(all.get(ctx.name()).cloned())
+}
+
+/// Log group ARNs are written with and without a trailing `:*`; the Tagging API lists them without.
+fn tagged_arn_key(arn: &str) -> &str {
+    arn.strip_suffix(":*").unwrap_or(arn)
+}
+
+/// The tags of resource `arn` from the stack's one `GetResources` by owner tag, or `None` when that
+/// answer does not list it or there is none: the driver then reads the resource's tags itself.
+pub async fn tags(ctx: &Ctx<'_>, arn: &str) -> Option<Tags> {
+    let batch = current()?;
+    let all = shared(&batch.tags, || async {
+        let pages: Vec<_> = ctx
+            .aws
+            .tagging
+            .get_resources()
+            .tag_filters(
+                TagFilter::builder()
+                    .key(OWNER_TAG)
+                    .values(ctx.owner)
+                    .build(),
+            )
+            .resources_per_page(TAGGED_RESOURCES_PER_PAGE)
+            .into_paginator()
+            .send()
+            .try_collect()
+            .await
+            .context(ctx.id, "tagging:GetResources")?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|page| page.resource_tag_mapping_list.unwrap_or_default())
+            .filter_map(|mapping| {
+                let arn = tagged_arn_key(mapping.resource_arn()?).to_string();
+                let tags = user_tags(
+                    mapping
+                        .tags
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|t| (t.key, t.value)),
+                );
+                Some((arn, tags))
+            })
+            .collect::<HashMap<_, _>>())
+    })
+    .await?;
+    all.get(tagged_arn_key(arn)).cloned()
 }
 
 /// The policy document of `function` (`Ok(None)`: it has none), read once per walk for all its

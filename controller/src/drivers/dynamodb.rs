@@ -359,6 +359,9 @@ impl Tables {
 
     /// Tags of a table. `ListTagsOfResource` pages with a token but has no SDK paginator.
     async fn tags(ctx: &Ctx<'_>, arn: &str) -> Result<Tags, AwsError> {
+        if let Some(tags) = super::batch::tags(ctx, arn).await {
+            return Ok(tags);
+        }
         let mut tags = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -448,25 +451,27 @@ impl Driver for Tables {
             })
             .collect();
         global_secondary_indexes.sort_by(|a, b| a.name.cmp(&b.name));
-        let backups = ctx
-            .aws
-            .dynamodb
-            .describe_continuous_backups()
-            .table_name(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "dynamodb:DescribeContinuousBackups")?;
-        let point_in_time_recovery = backups
-            .continuous_backups_description()
-            .and_then(|d| d.point_in_time_recovery_description())
-            .and_then(|p| p.point_in_time_recovery_status())
-            == Some(&PointInTimeRecoveryStatus::Enabled);
         let outputs = Self::outputs(ctx);
         let arn = table
             .table_arn()
             .map(str::to_string)
             .or_else(|| outputs.arn.clone())
             .unwrap_or_default();
+        let backups = async {
+            ctx.aws
+                .dynamodb
+                .describe_continuous_backups()
+                .table_name(ctx.name())
+                .send()
+                .await
+                .context(ctx.id, "dynamodb:DescribeContinuousBackups")
+        };
+        let (backups, tags) = tokio::try_join!(backups, Self::tags(ctx, &arn))?;
+        let point_in_time_recovery = backups
+            .continuous_backups_description()
+            .and_then(|d| d.point_in_time_recovery_description())
+            .and_then(|p| p.point_in_time_recovery_status())
+            == Some(&PointInTimeRecoveryStatus::Enabled);
         Ok(Some(Observed {
             parent_owner: None,
             namesakes: 0,
@@ -477,7 +482,7 @@ impl Driver for Tables {
                 global_secondary_indexes,
                 point_in_time_recovery,
             },
-            tags: Self::tags(ctx, &arn).await?,
+            tags,
             outputs,
         }))
     }

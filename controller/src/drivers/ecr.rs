@@ -142,26 +142,41 @@ impl Driver for Repositories {
         let Some(repository) = repository else {
             return Ok(None);
         };
-        let policy = ctx
-            .aws
-            .ecr
-            .get_repository_policy()
-            .repository_name(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "ecr:GetRepositoryPolicy")
-            .optional()?
-            .and_then(|out| out.policy_text().map(parse_policy))
-            .unwrap_or(Value::Null);
         let outputs = Self::outputs(&repository);
-        let tags = ctx
-            .aws
-            .ecr
-            .list_tags_for_resource()
-            .resource_arn(outputs.arn.clone().unwrap_or_default())
-            .send()
-            .await
-            .context(ctx.id, "ecr:ListTagsForResource")?;
+        let arn = outputs.arn.clone().unwrap_or_default();
+        let policy = async {
+            Ok::<_, AwsError>(
+                ctx.aws
+                    .ecr
+                    .get_repository_policy()
+                    .repository_name(ctx.name())
+                    .send()
+                    .await
+                    .context(ctx.id, "ecr:GetRepositoryPolicy")
+                    .optional()?
+                    .and_then(|out| out.policy_text().map(parse_policy))
+                    .unwrap_or(Value::Null),
+            )
+        };
+        let tags = async {
+            if let Some(tags) = super::batch::tags(ctx, &arn).await {
+                return Ok(tags);
+            }
+            let tags = ctx
+                .aws
+                .ecr
+                .list_tags_for_resource()
+                .resource_arn(&arn)
+                .send()
+                .await
+                .context(ctx.id, "ecr:ListTagsForResource")?;
+            Ok::<_, AwsError>(user_tags(
+                tags.tags()
+                    .iter()
+                    .map(|t| (t.key().to_string(), t.value().to_string())),
+            ))
+        };
+        let (policy, tags) = tokio::try_join!(policy, tags)?;
         Ok(Some(Observed {
             parent_owner: None,
             namesakes: 0,
@@ -176,11 +191,7 @@ impl Driver for Repositories {
                     .unwrap_or_else(|| ImageTagMutability::Mutable.as_str().to_string()),
                 policy,
             },
-            tags: user_tags(
-                tags.tags()
-                    .iter()
-                    .map(|t| (t.key().to_string(), t.value().to_string())),
-            ),
+            tags,
             outputs,
         }))
     }

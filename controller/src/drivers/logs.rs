@@ -88,21 +88,27 @@ impl Driver for LogGroups {
         let Some(group) = group else {
             return Ok(None);
         };
-        let tags = ctx
-            .aws
-            .logs
-            .list_tags_for_resource()
-            .resource_arn(Self::arn(ctx))
-            .send()
-            .await
-            .context(ctx.id, "logs:ListTagsForResource")?;
+        let tags = match super::batch::tags(ctx, &Self::arn(ctx)).await {
+            Some(tags) => tags,
+            None => user_tags(
+                ctx.aws
+                    .logs
+                    .list_tags_for_resource()
+                    .resource_arn(Self::arn(ctx))
+                    .send()
+                    .await
+                    .context(ctx.id, "logs:ListTagsForResource")?
+                    .tags
+                    .unwrap_or_default(),
+            ),
+        };
         Ok(Some(Observed {
             parent_owner: None,
             namesakes: 0,
             spec: LogGroupSpec {
                 retention_days: group.retention_in_days().unwrap_or(0),
             },
-            tags: user_tags(tags.tags().cloned().unwrap_or_default()),
+            tags,
             outputs: Self::outputs(ctx),
         }))
     }

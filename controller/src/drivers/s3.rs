@@ -293,60 +293,82 @@ impl Driver for Buckets {
         desired: &BucketSpec,
     ) -> Result<Option<Observed<BucketSpec>>, AwsError> {
         let s3 = &ctx.aws.s3;
-        if s3
-            .head_bucket()
-            .bucket(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "s3:HeadBucket")
-            .optional()?
-            .is_none()
-        {
-            return Ok(None);
-        }
-        let encryption = s3
+        // Every bucket has an encryption setting (AWS encrypts all of them by default), so this read
+        // doubles as the existence check: `NoSuchBucket` is absent, another not-found is no encryption.
+        let encryption = match s3
             .get_bucket_encryption()
             .bucket(ctx.name())
             .send()
             .await
             .context(ctx.id, "s3:GetBucketEncryption")
-            .optional()?
-            .and_then(|out| {
-                out.server_side_encryption_configuration()
-                    .and_then(|c| c.rules().first())
-                    .and_then(|r| r.apply_server_side_encryption_by_default())
-                    .map(|d| d.sse_algorithm().as_str().to_string())
-            })
-            .unwrap_or_default();
-        let block_public_access = s3
-            .get_public_access_block()
-            .bucket(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "s3:GetPublicAccessBlock")
-            .optional()?
-            .is_some_and(|out| {
-                out.public_access_block_configuration().is_some_and(|c| {
-                    c.block_public_acls() == Some(true)
-                        && c.ignore_public_acls() == Some(true)
-                        && c.block_public_policy() == Some(true)
-                        && c.restrict_public_buckets() == Some(true)
+        {
+            Err(e) if e.code.as_deref() == Some("NoSuchBucket") => return Ok(None),
+            read => read
+                .optional()?
+                .and_then(|out| {
+                    out.server_side_encryption_configuration()
+                        .and_then(|c| c.rules().first())
+                        .and_then(|r| r.apply_server_side_encryption_by_default())
+                        .map(|d| d.sse_algorithm().as_str().to_string())
                 })
-            });
-        let versioning = s3
-            .get_bucket_versioning()
-            .bucket(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "s3:GetBucketVersioning")?
-            .status()
-            == Some(&BucketVersioningStatus::Enabled);
-        let notifications = s3
-            .get_bucket_notification_configuration()
-            .bucket(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "s3:GetBucketNotificationConfiguration")?;
+                .unwrap_or_default(),
+        };
+        // The other settings are independent reads: at once.
+        let public_access = async {
+            s3.get_public_access_block()
+                .bucket(ctx.name())
+                .send()
+                .await
+                .context(ctx.id, "s3:GetPublicAccessBlock")
+                .optional()
+        };
+        let versioning = async {
+            s3.get_bucket_versioning()
+                .bucket(ctx.name())
+                .send()
+                .await
+                .context(ctx.id, "s3:GetBucketVersioning")
+        };
+        let notifications = async {
+            s3.get_bucket_notification_configuration()
+                .bucket(ctx.name())
+                .send()
+                .await
+                .context(ctx.id, "s3:GetBucketNotificationConfiguration")
+        };
+        let tags = async {
+            let arn = ctx.arns().bucket(ctx.name());
+            if let Some(tags) = super::batch::tags(ctx, &arn).await {
+                return Ok(tags);
+            }
+            Ok::<_, AwsError>(
+                s3.get_bucket_tagging()
+                    .bucket(ctx.name())
+                    .send()
+                    .await
+                    .context(ctx.id, "s3:GetBucketTagging")
+                    .optional()?
+                    .map(|out| {
+                        user_tags(
+                            out.tag_set()
+                                .iter()
+                                .map(|t| (t.key().to_string(), t.value().to_string())),
+                        )
+                    })
+                    .unwrap_or_default(),
+            )
+        };
+        let (public_access, versioning, notifications, tags) =
+            tokio::try_join!(public_access, versioning, notifications, tags)?;
+        let block_public_access = public_access.is_some_and(|out| {
+            out.public_access_block_configuration().is_some_and(|c| {
+                c.block_public_acls() == Some(true)
+                    && c.ignore_public_acls() == Some(true)
+                    && c.block_public_policy() == Some(true)
+                    && c.restrict_public_buckets() == Some(true)
+            })
+        });
+        let versioning = versioning.status() == Some(&BucketVersioningStatus::Enabled);
         let want = &desired.notification;
         let notification = notifications
             .lambda_function_configurations()
@@ -381,21 +403,6 @@ impl Driver for Buckets {
                 prefix: String::new(),
                 events: vec![],
             });
-        let tags = s3
-            .get_bucket_tagging()
-            .bucket(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "s3:GetBucketTagging")
-            .optional()?
-            .map(|out| {
-                user_tags(
-                    out.tag_set()
-                        .iter()
-                        .map(|t| (t.key().to_string(), t.value().to_string())),
-                )
-            })
-            .unwrap_or_default();
         Ok(Some(Observed {
             parent_owner: None,
             namesakes: 0,

@@ -129,19 +129,29 @@ impl Driver for Topics {
             .into_iter()
             .filter(|(k, _)| desired.attributes.contains_key(k))
             .collect();
-        let emails: BTreeSet<String> = Self::email_subscriptions(ctx)
-            .await?
+        let tags = async {
+            if let Some(tags) = super::batch::tags(ctx, &arn).await {
+                return Ok(tags);
+            }
+            let tags = ctx
+                .aws
+                .sns
+                .list_tags_for_resource()
+                .resource_arn(&arn)
+                .send()
+                .await
+                .context(ctx.id, "sns:ListTagsForResource")?;
+            Ok::<_, AwsError>(user_tags(
+                tags.tags()
+                    .iter()
+                    .map(|t| (t.key().to_string(), t.value().to_string())),
+            ))
+        };
+        let (subscriptions, tags) = tokio::try_join!(Self::email_subscriptions(ctx), tags)?;
+        let emails: BTreeSet<String> = subscriptions
             .iter()
             .filter_map(|s| s.endpoint().map(str::to_string))
             .collect();
-        let tags = ctx
-            .aws
-            .sns
-            .list_tags_for_resource()
-            .resource_arn(&arn)
-            .send()
-            .await
-            .context(ctx.id, "sns:ListTagsForResource")?;
         Ok(Some(Observed {
             parent_owner: None,
             namesakes: 0,
@@ -149,11 +159,7 @@ impl Driver for Topics {
                 attributes: managed,
                 email_subscriptions: emails.into_iter().collect(),
             },
-            tags: user_tags(
-                tags.tags()
-                    .iter()
-                    .map(|t| (t.key().to_string(), t.value().to_string())),
-            ),
+            tags,
             outputs: Self::outputs(ctx),
         }))
     }

@@ -91,21 +91,31 @@ impl Driver for Queues {
             .map(|(k, v)| (k.as_str().to_string(), v))
             .filter(|(k, _)| desired.attributes.contains_key(k))
             .collect();
-        let tags = ctx
-            .aws
-            .sqs
-            .list_queue_tags()
-            .queue_url(&url)
-            .send()
-            .await
-            .context(ctx.id, "sqs:ListQueueTags")?;
+        let batched = match &arn {
+            Some(arn) => super::batch::tags(ctx, arn).await,
+            None => None,
+        };
+        let tags = match batched {
+            Some(tags) => tags,
+            None => user_tags(
+                ctx.aws
+                    .sqs
+                    .list_queue_tags()
+                    .queue_url(&url)
+                    .send()
+                    .await
+                    .context(ctx.id, "sqs:ListQueueTags")?
+                    .tags
+                    .unwrap_or_default(),
+            ),
+        };
         Ok(Some(Observed {
             parent_owner: None,
             namesakes: 0,
             spec: QueueSpec {
                 attributes: managed,
             },
-            tags: user_tags(tags.tags.unwrap_or_default()),
+            tags,
             outputs: Outputs {
                 arn,
                 url: Some(url),
