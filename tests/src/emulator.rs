@@ -48,7 +48,11 @@ pub const TEST_REGION: &str = "us-east-1";
 /// `PYTHONPATH` for a moto process: `tests/moto` (its `sitecustomize.py` adapts moto to the Rust SDK)
 /// ahead of whatever is already set.
 pub fn moto_pythonpath() -> String {
-    let patches = concat!(env!("CARGO_MANIFEST_DIR"), "/moto");
+    pythonpath_with(concat!(env!("CARGO_MANIFEST_DIR"), "/moto"))
+}
+
+/// `PYTHONPATH` with `patches` ahead of whatever is already set.
+fn pythonpath_with(patches: &str) -> String {
     match std::env::var("PYTHONPATH") {
         Ok(existing) if !existing.is_empty() => format!("{patches}:{existing}"),
         _ => patches.to_string(),
@@ -88,7 +92,12 @@ impl Emulator {
                 let bin = std::env::var("TAP_MINISTACK_BIN").unwrap_or_else(|_| "ministack".into());
                 let mut c = Command::new(bin);
                 c.env("GATEWAY_PORT", port.to_string())
-                    .env("BIND_HOST", "127.0.0.1");
+                    .env("BIND_HOST", "127.0.0.1")
+                    // tests/ministack/sitecustomize.py closes ministack's gaps (see that file).
+                    .env(
+                        "PYTHONPATH",
+                        pythonpath_with(concat!(env!("CARGO_MANIFEST_DIR"), "/ministack")),
+                    );
                 c
             }
         };
