@@ -421,6 +421,16 @@ async fn assert_tags_read_in_one_batch(aws: &Aws, resync: &Report) {
         "{:?}",
         resync.calls
     );
+    let reads: u64 = resync
+        .calls
+        .iter()
+        .filter(|((_, op), _)| tap_controller::aws::is_read(op))
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!(
+        "resync: {reads} reads for {} resources, {read_own} of them own tag reads ({unlisted} resources not listed by GetResources)",
+        resync.resources.len()
+    );
     assert_eq!(
         read_own, unlisted as u64,
         "only the {unlisted} resources GetResources does not list read their own tags: {:?}",
