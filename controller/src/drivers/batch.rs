@@ -257,9 +257,22 @@ fn tagged_arn_key(arn: &str) -> &str {
     arn.strip_suffix(":*").unwrap_or(arn)
 }
 
+/// The tags of resource `arn`: from the stack's one `GetResources` by owner tag when that answer lists
+/// it, else `read_own()`, the resource's own tag read.
+pub async fn tags_or<F, Fut>(ctx: &Ctx<'_>, arn: &str, read_own: F) -> Result<Tags, AwsError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Tags, AwsError>>,
+{
+    match listed_tags(ctx, arn).await {
+        Some(tags) => Ok(tags),
+        None => read_own().await,
+    }
+}
+
 /// The tags of resource `arn` from the stack's one `GetResources` by owner tag, or `None` when that
-/// answer does not list it or there is none: the driver then reads the resource's tags itself.
-pub async fn tags(ctx: &Ctx<'_>, arn: &str) -> Option<Tags> {
+/// answer does not list it or there is none.
+async fn listed_tags(ctx: &Ctx<'_>, arn: &str) -> Option<Tags> {
     let batch = current()?;
     let all = shared(&batch.tags, || async {
         let pages: Vec<_> = ctx

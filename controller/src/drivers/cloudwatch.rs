@@ -112,25 +112,23 @@ impl Driver for Alarms {
             .alarm_arn()
             .map(str::to_string)
             .unwrap_or_else(|| Self::arn(ctx));
-        let tags = match super::batch::tags(ctx, &arn).await {
-            Some(tags) => tags,
-            None => {
-                let tags = ctx
-                    .aws
-                    .cloudwatch
-                    .list_tags_for_resource()
-                    .resource_arn(&arn)
-                    .send()
-                    .await
-                    .context(ctx.id, "cloudwatch:ListTagsForResource")?;
-                user_tags(tags.tags().iter().filter_map(|t| {
-                    Some((
-                        t.key()?.to_string(),
-                        t.value().unwrap_or_default().to_string(),
-                    ))
-                }))
-            }
-        };
+        let tags = super::batch::tags_or(ctx, &arn, || async {
+            let tags = ctx
+                .aws
+                .cloudwatch
+                .list_tags_for_resource()
+                .resource_arn(&arn)
+                .send()
+                .await
+                .context(ctx.id, "cloudwatch:ListTagsForResource")?;
+            Ok(user_tags(tags.tags().iter().filter_map(|t| {
+                Some((
+                    t.key()?.to_string(),
+                    t.value().unwrap_or_default().to_string(),
+                ))
+            })))
+        })
+        .await?;
         let dimensions: BTreeMap<String, String> = alarm
             .dimensions()
             .iter()

@@ -357,11 +357,13 @@ impl Tables {
         Ok(())
     }
 
-    /// Tags of a table. `ListTagsOfResource` pages with a token but has no SDK paginator.
+    /// Tags of a table: from the walk's batch, else its own read.
     async fn tags(ctx: &Ctx<'_>, arn: &str) -> Result<Tags, AwsError> {
-        if let Some(tags) = super::batch::tags(ctx, arn).await {
-            return Ok(tags);
-        }
+        super::batch::tags_or(ctx, arn, || Self::own_tags(ctx, arn)).await
+    }
+
+    /// `ListTagsOfResource` pages with a token but has no SDK paginator.
+    async fn own_tags(ctx: &Ctx<'_>, arn: &str) -> Result<Tags, AwsError> {
         let mut tags = Vec::new();
         let mut next: Option<String> = None;
         loop {

@@ -158,10 +158,7 @@ impl Driver for Repositories {
                     .unwrap_or(Value::Null),
             )
         };
-        let tags = async {
-            if let Some(tags) = super::batch::tags(ctx, &arn).await {
-                return Ok(tags);
-            }
+        let tags = super::batch::tags_or(ctx, &arn, || async {
             let tags = ctx
                 .aws
                 .ecr
@@ -170,12 +167,12 @@ impl Driver for Repositories {
                 .send()
                 .await
                 .context(ctx.id, "ecr:ListTagsForResource")?;
-            Ok::<_, AwsError>(user_tags(
+            Ok(user_tags(
                 tags.tags()
                     .iter()
                     .map(|t| (t.key().to_string(), t.value().to_string())),
             ))
-        };
+        });
         let (policy, tags) = tokio::try_join!(policy, tags)?;
         Ok(Some(Observed {
             parent_owner: None,

@@ -88,20 +88,21 @@ impl Driver for LogGroups {
         let Some(group) = group else {
             return Ok(None);
         };
-        let tags = match super::batch::tags(ctx, &Self::arn(ctx)).await {
-            Some(tags) => tags,
-            None => user_tags(
+        let arn = Self::arn(ctx);
+        let tags = super::batch::tags_or(ctx, &arn, || async {
+            Ok(user_tags(
                 ctx.aws
                     .logs
                     .list_tags_for_resource()
-                    .resource_arn(Self::arn(ctx))
+                    .resource_arn(&arn)
                     .send()
                     .await
                     .context(ctx.id, "logs:ListTagsForResource")?
                     .tags
                     .unwrap_or_default(),
-            ),
-        };
+            ))
+        })
+        .await?;
         Ok(Some(Observed {
             parent_owner: None,
             namesakes: 0,

@@ -336,28 +336,24 @@ impl Driver for Buckets {
                 .await
                 .context(ctx.id, "s3:GetBucketNotificationConfiguration")
         };
-        let tags = async {
-            let arn = ctx.arns().bucket(ctx.name());
-            if let Some(tags) = super::batch::tags(ctx, &arn).await {
-                return Ok(tags);
-            }
-            Ok::<_, AwsError>(
-                s3.get_bucket_tagging()
-                    .bucket(ctx.name())
-                    .send()
-                    .await
-                    .context(ctx.id, "s3:GetBucketTagging")
-                    .optional()?
-                    .map(|out| {
-                        user_tags(
-                            out.tag_set()
-                                .iter()
-                                .map(|t| (t.key().to_string(), t.value().to_string())),
-                        )
-                    })
-                    .unwrap_or_default(),
-            )
-        };
+        let arn = ctx.arns().bucket(ctx.name());
+        let tags = super::batch::tags_or(ctx, &arn, || async {
+            Ok(s3
+                .get_bucket_tagging()
+                .bucket(ctx.name())
+                .send()
+                .await
+                .context(ctx.id, "s3:GetBucketTagging")
+                .optional()?
+                .map(|out| {
+                    user_tags(
+                        out.tag_set()
+                            .iter()
+                            .map(|t| (t.key().to_string(), t.value().to_string())),
+                    )
+                })
+                .unwrap_or_default())
+        });
         let (public_access, versioning, notifications, tags) =
             tokio::try_join!(public_access, versioning, notifications, tags)?;
         let block_public_access = public_access.is_some_and(|out| {

@@ -152,25 +152,23 @@ impl Driver for StateMachines {
         // Absent means disabled (ministack never returns it: the drift then reappears after correction,
         // which the engine reports as uncorrectable rather than hot-looping).
         let tracing_enabled = machine.tracing_configuration().is_some_and(|t| t.enabled());
-        let tags = match super::batch::tags(ctx, &arn).await {
-            Some(tags) => tags,
-            None => {
-                let tags = ctx
-                    .aws
-                    .sfn
-                    .list_tags_for_resource()
-                    .resource_arn(&arn)
-                    .send()
-                    .await
-                    .context(ctx.id, "states:ListTagsForResource")?;
-                user_tags(tags.tags().iter().filter_map(|t| {
-                    Some((
-                        t.key()?.to_string(),
-                        t.value().unwrap_or_default().to_string(),
-                    ))
-                }))
-            }
-        };
+        let tags = super::batch::tags_or(ctx, &arn, || async {
+            let tags = ctx
+                .aws
+                .sfn
+                .list_tags_for_resource()
+                .resource_arn(&arn)
+                .send()
+                .await
+                .context(ctx.id, "states:ListTagsForResource")?;
+            Ok(user_tags(tags.tags().iter().filter_map(|t| {
+                Some((
+                    t.key()?.to_string(),
+                    t.value().unwrap_or_default().to_string(),
+                ))
+            })))
+        })
+        .await?;
         Ok(Some(Observed {
             parent_owner: None,
             namesakes: 0,

@@ -129,10 +129,7 @@ impl Driver for Topics {
             .into_iter()
             .filter(|(k, _)| desired.attributes.contains_key(k))
             .collect();
-        let tags = async {
-            if let Some(tags) = super::batch::tags(ctx, &arn).await {
-                return Ok(tags);
-            }
+        let tags = super::batch::tags_or(ctx, &arn, || async {
             let tags = ctx
                 .aws
                 .sns
@@ -141,12 +138,12 @@ impl Driver for Topics {
                 .send()
                 .await
                 .context(ctx.id, "sns:ListTagsForResource")?;
-            Ok::<_, AwsError>(user_tags(
+            Ok(user_tags(
                 tags.tags()
                     .iter()
                     .map(|t| (t.key().to_string(), t.value().to_string())),
             ))
-        };
+        });
         let (subscriptions, tags) = tokio::try_join!(Self::email_subscriptions(ctx), tags)?;
         let emails: BTreeSet<String> = subscriptions
             .iter()

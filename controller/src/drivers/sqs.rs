@@ -91,13 +91,9 @@ impl Driver for Queues {
             .map(|(k, v)| (k.as_str().to_string(), v))
             .filter(|(k, _)| desired.attributes.contains_key(k))
             .collect();
-        let batched = match &arn {
-            Some(arn) => super::batch::tags(ctx, arn).await,
-            None => None,
-        };
-        let tags = match batched {
-            Some(tags) => tags,
-            None => user_tags(
+        // A queue without an ARN in its answer is not in the batch: it reads its own tags.
+        let tags = super::batch::tags_or(ctx, arn.as_deref().unwrap_or_default(), || async {
+            Ok(user_tags(
                 ctx.aws
                     .sqs
                     .list_queue_tags()
@@ -107,8 +103,9 @@ impl Driver for Queues {
                     .context(ctx.id, "sqs:ListQueueTags")?
                     .tags
                     .unwrap_or_default(),
-            ),
-        };
+            ))
+        })
+        .await?;
         Ok(Some(Observed {
             parent_owner: None,
             namesakes: 0,
