@@ -27,15 +27,16 @@ where
     Fut: Future<Output = ResourceReport>,
 {
     let n = stack.resources.len();
+    let order = longest_chain_first(&prereqs);
     let mut done: Vec<Option<ResourceReport>> = vec![None; n];
     let mut started = vec![false; n];
     let mut running = FuturesUnordered::new();
     loop {
-        // Start (or settle) everything whose prerequisites are finished, in stack order.
+        // Start (or settle) everything whose prerequisites are finished, longest chain first.
         let mut progressed = true;
         while progressed {
             progressed = false;
-            for i in 0..n {
+            for &i in &order {
                 if started[i] || !prereqs[i].iter().all(|&p| done[p].is_some()) {
                     continue;
                 }
@@ -72,6 +73,38 @@ where
     done.into_iter()
         .map(|r| r.expect("every resource runs or is blocked"))
         .collect()
+}
+
+/// The resources in the order to start them when several are ready: the one heading the longest chain
+/// of resources waiting on it first (stack order among equals). The walk takes as long as its longest
+/// chain only if that chain never waits for a free slot behind resources that have time to spare.
+fn longest_chain_first(prereqs: &[Vec<usize>]) -> Vec<usize> {
+    let n = prereqs.len();
+    let mut dependents = vec![Vec::new(); n];
+    for (i, ps) in prereqs.iter().enumerate() {
+        for &p in ps {
+            dependents[p].push(i);
+        }
+    }
+    // chain[i]: resources on the longest path from i through its dependents, i included.
+    let mut chain: Vec<Option<usize>> = vec![None; n];
+    fn length(i: usize, dependents: &[Vec<usize>], chain: &mut [Option<usize>]) -> usize {
+        if let Some(l) = chain[i] {
+            return l;
+        }
+        chain[i] = Some(1); // a cycle (none is built) counts once instead of recursing forever
+        let l = 1 + dependents[i]
+            .iter()
+            .map(|&d| length(d, dependents, chain))
+            .max()
+            .unwrap_or(0);
+        chain[i] = Some(l);
+        l
+    }
+    let lengths: Vec<usize> = (0..n).map(|i| length(i, &dependents, &mut chain)).collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    order
 }
 
 fn index(stack: &Stack) -> HashMap<&ResourceId, usize> {
@@ -228,6 +261,44 @@ mod tests {
             peak.load(Ordering::SeqCst),
             3,
             "independent resources run in parallel, at most 3 at once"
+        );
+    }
+
+    /// Round trips of a resource's create, roughly as the drivers make them.
+    fn round_trips(kind: Kind) -> u32 {
+        match kind {
+            Kind::RestApi => 5,
+            Kind::Table => 4,
+            Kind::Function | Kind::Stage | Kind::UsagePlan | Kind::Bucket => 3,
+            _ => 2,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_walk_takes_as_long_as_its_longest_chain_when_slots_suffice() {
+        let stack = stack();
+        let step = Duration::from_millis(10);
+        // The longest chain, in round trips (prerequisites come before their dependents in the stack).
+        let idx = index(&stack);
+        let mut finish = vec![0u32; stack.resources.len()];
+        for (i, r) in stack.resources.iter().enumerate() {
+            let ready = r.depends_on.iter().map(|d| finish[idx[d]]).max();
+            finish[i] = ready.unwrap_or(0) + round_trips(r.id.kind);
+        }
+        let chain = *finish.iter().max().unwrap();
+        let started = tokio::time::Instant::now();
+        forward(&stack, 8, Mode::Apply, |resource, _| async move {
+            tokio::time::sleep(step * round_trips(resource.id.kind)).await;
+            report(&resource.id, Action::Create, true)
+        })
+        .await;
+        // In stack order (the queue and the tables first), the chain to the usage plan would wait for a
+        // slot: 200 ms instead of 180.
+        assert_eq!(
+            started.elapsed(),
+            step * chain,
+            "{} resources, 8 at a time: nothing on the longest chain waits for a slot",
+            stack.resources.len()
         );
     }
 
