@@ -148,6 +148,17 @@ def main():
             Tags=TAGS,
         )
         made("Function", name)
+        if f == "csv-validator":
+            # The bucket's permission to invoke it, as other tooling grants it: without the source
+            # account condition, which the adoption adds.
+            lam.add_permission(
+                FunctionName=name,
+                StatementId="tap-s3-invoke",
+                Action="lambda:InvokeFunction",
+                Principal="s3.amazonaws.com",
+                SourceArn=f"arn:aws:s3:::{bucket}",
+            )
+            made("Permission", f"{name}/tap-s3-invoke")
 
     group = f"/aws/vendedlogs/states/{p}-pipeline"
     logs.create_log_group(logGroupName=group, tags=TAGS)

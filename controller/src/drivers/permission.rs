@@ -112,6 +112,9 @@ impl Permissions {
 impl Driver for Permissions {
     type Spec = PermissionSpec;
 
+    /// `AddPermission` answers `ResourceConflictException` for a statement id the policy already has.
+    const CREATE_REFUSES_EXISTING: bool = true;
+
     async fn observe(
         &self,
         ctx: &Ctx<'_>,

@@ -21,11 +21,11 @@ use super::{moto, quick_retries};
 const SUFFIX: &str = "legacy1";
 
 /// Runs the legacy deployment script; the `(kind, name)` of each resource it made.
-fn deploy_legacy_stack(endpoint: &str) -> anyhow::Result<BTreeSet<(String, String)>> {
+fn deploy_legacy_stack(endpoint: &str, suffix: &str) -> anyhow::Result<BTreeSet<(String, String)>> {
     let python = std::env::var("TAP_MOTO_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/legacy_stack.py");
     let out = Command::new(python)
-        .args([script, "--endpoint", endpoint, "--suffix", SUFFIX])
+        .args([script, "--endpoint", endpoint, "--suffix", suffix])
         .output()
         .context("running legacy_stack.py")?;
     ensure!(
@@ -119,13 +119,61 @@ async fn legacy_settings(aws: &Aws) -> anyhow::Result<(i32, Option<i32>, bool, b
     ))
 }
 
+/// The csv-validator's statements letting the bucket invoke it: exactly one, with the source account
+/// condition the spec adds.
+async fn ensure_one_bucket_permission(aws: &Aws, suffix: &str) -> anyhow::Result<()> {
+    let policy = aws
+        .lambda
+        .get_policy()
+        .function_name(format!("tap-{suffix}-csv-validator"))
+        .send()
+        .await?;
+    let policy: serde_json::Value = serde_json::from_str(policy.policy().unwrap_or("{}"))?;
+    let statements: Vec<&serde_json::Value> = policy["Statement"]
+        .as_array()
+        .map(|s| s.iter().filter(|s| s["Sid"] == "tap-s3-invoke").collect())
+        .unwrap_or_default();
+    ensure!(
+        statements.len() == 1
+            && statements[0]["Condition"]["StringEquals"]["AWS:SourceAccount"]
+                == aws.account_id.as_str(),
+        "the bucket's permission: one statement with the source account, not {statements:?}"
+    );
+    Ok(())
+}
+
+/// A stack never written by us adopts at its first walk: what can only be created is created without a
+/// read first, so the permission other tooling granted is met by AddPermission, which AWS refuses for an
+/// existing statement id. The statement is then read and converged: never a second one of that id.
+#[tokio::test]
+async fn a_first_walk_adopting_a_function_converges_its_permission_once() -> anyhow::Result<()> {
+    const SUFFIX: &str = "legacy2";
+    let emu = moto().await?;
+    let sdk = quick_retries(emu.sdk_config());
+    let engine = engine(sdk.clone(), ClientOptions::default());
+    let aws = clients(&engine).await?;
+    let legacy = deploy_legacy_stack(&emu.endpoint, SUFFIX)?;
+    ensure!(legacy.contains(&(
+        "Permission".into(),
+        format!("tap-{SUFFIX}-csv-validator/tap-s3-invoke")
+    )));
+    let mut adopt = spec(SUFFIX);
+    adopt.adoption_policy = AdoptionPolicy::Adopt;
+    let (report, _) = apply_counted(&engine, &aws, &adopt, 4).await?;
+    ensure!(report.converged(), "{:?}", not_done(&report));
+    ensure_one_bucket_permission(&aws, SUFFIX).await?;
+    let destroyed = destroy(&engine, &adopt, 3).await?;
+    ensure!(destroyed.converged(), "destroy: {:?}", not_done(&destroyed));
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_stack_deployed_by_other_tooling_is_adopted_only_when_asked() -> anyhow::Result<()> {
     let emu = moto().await?;
     let sdk = quick_retries(emu.sdk_config());
     let engine = engine(sdk.clone(), ClientOptions::default());
     let aws = clients(&engine).await?;
-    let legacy = deploy_legacy_stack(&emu.endpoint)?;
+    let legacy = deploy_legacy_stack(&emu.endpoint, SUFFIX)?;
     ensure!(legacy.len() >= 20, "the script made {legacy:?}");
     let before = legacy_settings(&aws).await?;
     ensure!(
@@ -183,8 +231,15 @@ async fn a_stack_deployed_by_other_tooling_is_adopted_only_when_asked() -> anyho
     let first = engine
         .reconcile(&pipeline, Mode::Apply, &mut memory)
         .await?;
-    let adopted = by_action(&first, |a| matches!(a, Action::Adopt(_)));
+    let mut adopted = by_action(&first, |a| matches!(a, Action::Adopt(_)));
     let nested: BTreeSet<(String, String)> = adopted.difference(&legacy).cloned().collect();
+    // A permission is a statement of its function's policy, ours with the function: read after the
+    // function's adoption it is ours already, and updated rather than adopted.
+    adopted.extend(
+        by_action(&first, |a| matches!(a, Action::Update(_)))
+            .into_iter()
+            .filter(|(kind, _)| kind == "Permission"),
+    );
     ensure!(
         legacy.is_subset(&adopted),
         "not adopted: {:?}",
@@ -196,8 +251,9 @@ async fn a_stack_deployed_by_other_tooling_is_adopted_only_when_asked() -> anyho
             .map(|r| format!("{}: {}", r.id, r.message()))
             .collect::<Vec<_>>()
     );
-    // Only resources inside adopted ones (none here: the script made no stage or permission) may be
-    // adopted beyond what the script made.
+    // Only resources inside adopted ones (none here: the script made no stage) may be adopted beyond
+    // what the script made. Its permission's create without a read first (the stack was never written by
+    // us) is refused, then the statement read and converged as its function's.
     ensure!(
         nested.is_empty(),
         "adopted what the script did not make: {nested:?}"
@@ -224,6 +280,7 @@ async fn a_stack_deployed_by_other_tooling_is_adopted_only_when_asked() -> anyho
         "the other tooling's tag was removed (tagPolicy Merge keeps it)"
     );
     ensure!(objects == 1, "the bucket's data: {objects} objects");
+    ensure_one_bucket_permission(&aws, SUFFIX).await?;
     let queue_tags = queue_tags(&aws).await?;
     ensure!(
         queue_tags
