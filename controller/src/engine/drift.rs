@@ -28,7 +28,9 @@ struct FieldRecord {
 #[derive(Clone, Debug, Default)]
 pub struct DriftMemory {
     /// Desired JSON (spec + tags) last applied or confirmed, per resource: tells a spec change from drift.
-    applied: HashMap<ResourceId, Value>,
+    /// Kept as text, parsed only when a resource differs: a controller keeps this for every resource of
+    /// every pipeline, and a parsed value takes several times the memory of its text.
+    applied: HashMap<ResourceId, Box<str>>,
     fields: BTreeMap<(ResourceId, String), FieldRecord>,
     /// What each resource exposed when last seen: a dependency whose read fails for a moment is still
     /// known to exist, and its dependents go on with these.
@@ -110,8 +112,9 @@ impl DriftMemory {
         true
     }
 
-    pub fn applied(&mut self, id: &ResourceId, desired: Value, _recreated: bool) {
-        self.applied.insert(id.clone(), desired);
+    pub fn applied(&mut self, id: &ResourceId, desired: &Value, _recreated: bool) {
+        self.applied
+            .insert(id.clone(), desired.to_string().into_boxed_str());
     }
 
     fn record(
@@ -156,7 +159,10 @@ impl DriftMemory {
         now: DateTime<Utc>,
         writes: bool,
     ) -> Decision {
-        let previous = self.applied.get(id).cloned();
+        let previous: Option<Value> = self
+            .applied
+            .get(id)
+            .and_then(|text| serde_json::from_str(text).ok());
         let mut spec_changes = 0;
         let mut held = 0;
         let mut drifted = 0;
@@ -182,7 +188,7 @@ impl DriftMemory {
     pub fn corrected(
         &mut self,
         id: &ResourceId,
-        desired: Value,
+        desired: &Value,
         diffs: &[FieldDiff],
         now: DateTime<Utc>,
     ) {
@@ -192,7 +198,7 @@ impl DriftMemory {
                 record.retry_after = Some(now + backoff(record.corrections));
             }
         }
-        self.applied.insert(id.clone(), desired);
+        self.applied(id, desired, false);
     }
 
     /// The drift entries of the current walk (forgetting fields that no longer drift), in stack order.
@@ -246,7 +252,7 @@ mod tests {
     fn memory_with_applied(desired: &Value) -> DriftMemory {
         let mut m = DriftMemory::default();
         m.begin_walk();
-        m.applied(&id(), desired.clone(), false);
+        m.applied(&id(), desired, false);
         m
     }
 
@@ -281,7 +287,7 @@ mod tests {
         let t0 = Utc::now();
         let first = m.classify(&id(), &desired, &diffs, t0, true);
         assert!(!first.hold);
-        m.corrected(&id(), desired.clone(), &diffs, t0);
+        m.corrected(&id(), &desired, &diffs, t0);
         assert_eq!(m.entries_for_test()[0].action, DriftAction::Corrected);
 
         // Comes back 5 s later: uncorrectable, held until the backoff expires.
@@ -294,7 +300,7 @@ mod tests {
         m.begin_walk();
         let later = t0 + Duration::seconds(31);
         assert!(!m.classify(&id(), &desired, &diffs, later, true).hold);
-        m.corrected(&id(), desired.clone(), &diffs, later);
+        m.corrected(&id(), &desired, &diffs, later);
         m.begin_walk();
         assert!(
             m.classify(&id(), &desired, &diffs, later + Duration::seconds(59), true)

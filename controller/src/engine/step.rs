@@ -336,7 +336,7 @@ impl Step<'_> {
                 }
                 match self.create(driver, spec).await {
                     Ok(outputs) => {
-                        self.memory().applied(id, desired_json, recreate);
+                        self.memory().applied(id, &desired_json, recreate);
                         return Turn::did(Action::Create, outputs);
                     }
                     // It may exist after all (a retried create whose first answer was lost, another
@@ -374,7 +374,7 @@ impl Step<'_> {
                 .await;
         }
         if changes.is_empty() {
-            self.memory().applied(id, desired_json, false);
+            self.memory().applied(id, &desired_json, false);
             return Turn::saw(Action::NoChange, observed.outputs);
         }
         let decision =
@@ -399,7 +399,7 @@ impl Step<'_> {
                     }
                 }
                 self.memory()
-                    .corrected(id, desired_json, &changes.diffs, now);
+                    .corrected(id, &desired_json, &changes.diffs, now);
                 let outputs = if outputs == Outputs::default() {
                     observed.outputs
                 } else {
@@ -506,7 +506,7 @@ impl Step<'_> {
             Ok(outputs) => {
                 tracing::info!(resource = %id, fields = changes.diffs.len(), "adopted");
                 self.memory()
-                    .corrected(id, desired_json, &changes.diffs, chrono::Utc::now());
+                    .corrected(id, &desired_json, &changes.diffs, chrono::Utc::now());
                 let outputs = if outputs == Outputs::default() {
                     observed.outputs
                 } else {
