@@ -100,6 +100,32 @@ impl Roles {
         Ok(())
     }
 
+    /// Detaches `attached` and deletes `inline`, at once.
+    async fn remove_policies(
+        ctx: &Ctx<'_>,
+        attached: &[String],
+        inline: &[String],
+    ) -> Result<(), AwsError> {
+        let detach =
+            futures::future::try_join_all(attached.iter().map(|arn| Self::detach(ctx, arn)));
+        let delete =
+            futures::future::try_join_all(inline.iter().map(|name| Self::delete_inline(ctx, name)));
+        futures::try_join!(detach, delete)?;
+        Ok(())
+    }
+
+    async fn delete_role(ctx: &Ctx<'_>) -> Result<(), AwsError> {
+        ctx.aws
+            .iam
+            .delete_role()
+            .role_name(ctx.name())
+            .send()
+            .await
+            .context(ctx.id, "iam:DeleteRole")
+            .optional()?;
+        Ok(())
+    }
+
     async fn attach(ctx: &Ctx<'_>, policy_arn: &str) -> Result<(), AwsError> {
         ctx.aws
             .iam
@@ -291,29 +317,24 @@ impl Driver for Roles {
         Ok(Self::outputs(ctx))
     }
 
-    async fn delete(&self, ctx: &Ctx<'_>, _observed: &Observed<RoleSpec>) -> Result<(), AwsError> {
-        // Listed afresh rather than taken from `observed`: anything attached since must go too, or IAM
-        // refuses to delete the role.
-        let Some(attached) = Self::attached(ctx).await.optional()? else {
-            return Ok(());
-        };
-        for policy_arn in &attached {
-            Self::detach(ctx, policy_arn).await?;
+    async fn delete(&self, ctx: &Ctx<'_>, observed: &Observed<RoleSpec>) -> Result<(), AwsError> {
+        // The policies the observe read go first, all at once. One attached since makes IAM refuse the
+        // role (DeleteConflict): then they are listed afresh, removed, and the role deleted again.
+        let attached = &observed.spec.managed_policy_arns;
+        let inline: Vec<String> = observed.spec.inline_policies.keys().cloned().collect();
+        Self::remove_policies(ctx, attached, &inline).await?;
+        match Self::delete_role(ctx).await {
+            Err(e) if e.code.as_deref() == Some("DeleteConflict") => {
+                let Some(attached) = Self::attached(ctx).await.optional()? else {
+                    return Ok(());
+                };
+                let Some(inline) = Self::inline_names(ctx).await.optional()? else {
+                    return Ok(());
+                };
+                Self::remove_policies(ctx, &attached, &inline).await?;
+                Self::delete_role(ctx).await
+            }
+            other => other,
         }
-        let Some(inline) = Self::inline_names(ctx).await.optional()? else {
-            return Ok(());
-        };
-        for policy_name in &inline {
-            Self::delete_inline(ctx, policy_name).await?;
-        }
-        ctx.aws
-            .iam
-            .delete_role()
-            .role_name(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "iam:DeleteRole")
-            .optional()?;
-        Ok(())
     }
 }

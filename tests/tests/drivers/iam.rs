@@ -142,7 +142,14 @@ async fn role_create_observe_drift_update_delete() -> anyhow::Result<()> {
     let observed = role.observe_as(&with_managed).await?.expect("still there");
     assert!(diff(&with_managed, &fewer_tags, &observed).is_empty());
 
-    // Delete detaches and deletes the policies first (IAM refuses otherwise).
+    // Delete detaches and deletes the policies first (IAM refuses otherwise): those observed, then,
+    // refused for one put after that read, those listed afresh.
+    iam.put_role_policy()
+        .role_name(name)
+        .policy_name("late")
+        .policy_document(rogue.to_string())
+        .send()
+        .await?;
     role.assert_deleted(&observed).await?;
     Ok(())
 }
