@@ -523,6 +523,8 @@ mod bench {
         controller_peak_rss_mib: f64,
         /// Controller VmRSS at the end of the phase, MiB.
         controller_rss_end_mib: f64,
+        /// Of it, mapped files (the binary's code), MiB.
+        controller_rss_file_end_mib: f64,
         /// Largest VmRSS sampled every 100 ms during the phase, MiB.
         controller_rss_sampled_max_mib: f64,
         reconciles: u64,
@@ -641,6 +643,7 @@ mod bench {
             },
             controller_peak_rss_mib: c.hwm_mib,
             controller_rss_end_mib: c.rss_mib,
+            controller_rss_file_end_mib: c.rss_file_mib,
             controller_rss_sampled_max_mib: sampler.take_max().max(c.rss_mib),
             reconciles: metrics.reconciles_finished - start.metrics.reconciles_finished,
             reconcile_errors: metrics.reconcile_errors - start.metrics.reconcile_errors,
@@ -1135,6 +1138,8 @@ mod bench {
         /// (pipelines, controller peak RSS MiB) over the fleets at 0 ms.
         peak: Vec<(usize, f64)>,
         after_ready: Vec<(usize, f64)>,
+        /// (pipelines, of the RSS after Ready the mapped files' MiB: code, not heap).
+        after_ready_file: Vec<(usize, f64)>,
         peak_fit_mib_per_pipeline: Option<f64>,
         peak_fit_intercept_mib: Option<f64>,
         after_ready_fit_mib_per_pipeline: Option<f64>,
@@ -1481,10 +1486,19 @@ mod bench {
         }
         line(String::new());
         line("### Controller RSS curve\n".into());
-        line("| pipelines | peak RSS (VmHWM) | RSS after Ready |".into());
-        line("|---:|---:|---:|".into());
-        for ((n, peak), (_, ready)) in r.rss_curve.peak.iter().zip(&r.rss_curve.after_ready) {
-            line(format!("| {n} | {peak:.1} MiB | {ready:.1} MiB |"));
+        line("| pipelines | peak RSS (VmHWM) | RSS after Ready | of it, mapped files (code) | of it, heap and stacks |".into());
+        line("|---:|---:|---:|---:|---:|".into());
+        for (((n, peak), (_, ready)), (_, file)) in r
+            .rss_curve
+            .peak
+            .iter()
+            .zip(&r.rss_curve.after_ready)
+            .zip(&r.rss_curve.after_ready_file)
+        {
+            line(format!(
+                "| {n} | {peak:.1} MiB | {ready:.1} MiB | {file:.1} MiB | {:.1} MiB |",
+                ready - file
+            ));
         }
         if let (Some(a), Some(b)) = (
             r.rss_curve.peak_fit_mib_per_pipeline,
@@ -1710,6 +1724,8 @@ mod bench {
         };
         let peak = curve_points(&|f| Some(f.controller_peak_rss_mib));
         let after_ready = curve_points(&|f| f.create.as_ref().map(|c| c.controller_rss_end_mib));
+        let after_ready_file =
+            curve_points(&|f| f.create.as_ref().map(|c| c.controller_rss_file_end_mib));
         let fit = |points: &[(usize, f64)]| {
             line_fit(
                 &points
@@ -1747,6 +1763,7 @@ mod bench {
             rss_curve: RssCurve {
                 peak,
                 after_ready,
+                after_ready_file,
                 peak_fit_mib_per_pipeline: peak_fit.map(|f| f.0),
                 peak_fit_intercept_mib: peak_fit.map(|f| f.1),
                 after_ready_fit_mib_per_pipeline: ready_fit.map(|f| f.0),

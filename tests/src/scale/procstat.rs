@@ -18,6 +18,9 @@ pub struct ProcStat {
     pub rss_mib: f64,
     /// Peak resident set (`VmHWM`), MiB: since the start, or since the last [`reset_peak`].
     pub hwm_mib: f64,
+    /// Of the resident set, the pages of mapped files (`RssFile`: the binary's code and data), MiB; the
+    /// rest is the heap and stacks (`RssAnon`).
+    pub rss_file_mib: f64,
 }
 
 /// Reads `/proc/<pid>` (`None`: this process).
@@ -33,6 +36,7 @@ pub fn read(pid: Option<u32>) -> Option<ProcStat> {
         cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
         rss_mib: status.vmrss.unwrap_or(0) as f64 * 1024.0 / MIB,
         hwm_mib: status.vmhwm.unwrap_or(0) as f64 * 1024.0 / MIB,
+        rss_file_mib: status.rssfile.unwrap_or(0) as f64 * 1024.0 / MIB,
     })
 }
 
