@@ -113,8 +113,15 @@ impl DriftMemory {
     }
 
     pub fn applied(&mut self, id: &ResourceId, desired: &Value, _recreated: bool) {
-        self.applied
-            .insert(id.clone(), desired.to_string().into_boxed_str());
+        let text = desired.to_string();
+        // Every resync confirms every resource: the same text is kept as it is, not replaced.
+        match self.applied.get_mut(id) {
+            Some(kept) if **kept == *text => {}
+            Some(kept) => *kept = text.into_boxed_str(),
+            None => {
+                self.applied.insert(id.clone(), text.into_boxed_str());
+            }
+        }
     }
 
     fn record(
