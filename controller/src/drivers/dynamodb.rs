@@ -489,6 +489,28 @@ impl Driver for Tables {
         }))
     }
 
+    /// The table and its tags: no backup settings read.
+    async fn observe_owner(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &TableSpec,
+    ) -> Result<Option<Observed<TableSpec>>, AwsError> {
+        let Some(table) = Self::describe(ctx).await? else {
+            return Ok(None);
+        };
+        if table.table_status() == Some(&TableStatus::Deleting) {
+            return Ok(None);
+        }
+        let outputs = Self::outputs(ctx);
+        let arn = table
+            .table_arn()
+            .map(str::to_string)
+            .or_else(|| outputs.arn.clone())
+            .unwrap_or_default();
+        let tags = Self::tags(ctx, &arn).await?;
+        Ok(Some(Observed::new(desired.clone(), tags, outputs)))
+    }
+
     async fn create(
         &self,
         ctx: &Ctx<'_>,

@@ -46,6 +46,33 @@ pub async fn image_exists(ctx: &Ctx<'_>, repository: &str, tag: &str) -> Result<
 }
 
 impl Repositories {
+    /// The repository, from the walk's batch if it has it.
+    async fn find(ctx: &Ctx<'_>) -> Result<Option<Repository>, AwsError> {
+        match super::batch::repository(ctx).await {
+            Some(repository) => Ok(Some(repository)),
+            None => Self::describe(ctx).await,
+        }
+    }
+
+    async fn tags(ctx: &Ctx<'_>, arn: &str) -> Result<Tags, AwsError> {
+        super::batch::tags_or(ctx, arn, || async {
+            let tags = ctx
+                .aws
+                .ecr
+                .list_tags_for_resource()
+                .resource_arn(arn)
+                .send()
+                .await
+                .context(ctx.id, "ecr:ListTagsForResource")?;
+            Ok(user_tags(
+                tags.tags()
+                    .iter()
+                    .map(|t| (t.key().to_string(), t.value().to_string())),
+            ))
+        })
+        .await
+    }
+
     /// Repository `ctx.name()` on its own (`DescribeRepositories` of that one name).
     async fn describe(ctx: &Ctx<'_>) -> Result<Option<Repository>, AwsError> {
         Ok(ctx
@@ -135,11 +162,7 @@ impl Driver for Repositories {
         ctx: &Ctx<'_>,
         _desired: &RepositorySpec,
     ) -> Result<Option<Observed<RepositorySpec>>, AwsError> {
-        let repository = match super::batch::repository(ctx).await {
-            Some(repository) => Some(repository),
-            None => Self::describe(ctx).await?,
-        };
-        let Some(repository) = repository else {
+        let Some(repository) = Self::find(ctx).await? else {
             return Ok(None);
         };
         let outputs = Self::outputs(&repository);
@@ -158,21 +181,7 @@ impl Driver for Repositories {
                     .unwrap_or(Value::Null),
             )
         };
-        let tags = super::batch::tags_or(ctx, &arn, || async {
-            let tags = ctx
-                .aws
-                .ecr
-                .list_tags_for_resource()
-                .resource_arn(&arn)
-                .send()
-                .await
-                .context(ctx.id, "ecr:ListTagsForResource")?;
-            Ok(user_tags(
-                tags.tags()
-                    .iter()
-                    .map(|t| (t.key().to_string(), t.value().to_string())),
-            ))
-        });
+        let tags = Self::tags(ctx, &arn);
         let (policy, tags) = tokio::try_join!(policy, tags)?;
         Ok(Some(Observed {
             parent_owner: None,
@@ -191,6 +200,20 @@ impl Driver for Repositories {
             tags,
             outputs,
         }))
+    }
+
+    /// The repository and its tags: no policy read.
+    async fn observe_owner(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &RepositorySpec,
+    ) -> Result<Option<Observed<RepositorySpec>>, AwsError> {
+        let Some(repository) = Self::find(ctx).await? else {
+            return Ok(None);
+        };
+        let outputs = Self::outputs(&repository);
+        let tags = Self::tags(ctx, outputs.arn.as_deref().unwrap_or_default()).await?;
+        Ok(Some(Observed::new(desired.clone(), tags, outputs)))
     }
 
     async fn create(

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use aws_sdk_iam::types::Role;
 use serde_json::Value;
 
 use crate::aws::{AwsError, Optional, ResultExt};
@@ -72,6 +73,28 @@ impl Roles {
         arns.sort();
         arns.dedup();
         Ok(arns)
+    }
+
+    async fn role(ctx: &Ctx<'_>) -> Result<Option<Role>, AwsError> {
+        Ok(ctx
+            .aws
+            .iam
+            .get_role()
+            .role_name(ctx.name())
+            .send()
+            .await
+            .context(ctx.id, "iam:GetRole")
+            .optional()?
+            .and_then(|out| out.role))
+    }
+
+    /// `GetRole` carries the tags: no `ListRoleTags`.
+    fn tags(role: &Role) -> Tags {
+        user_tags(
+            role.tags()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string())),
+        )
     }
 
     async fn put_inline(ctx: &Ctx<'_>, policy_name: &str, policy: &Value) -> Result<(), AwsError> {
@@ -189,17 +212,7 @@ impl Driver for Roles {
         ctx: &Ctx<'_>,
         _desired: &RoleSpec,
     ) -> Result<Option<Observed<RoleSpec>>, AwsError> {
-        let Some(role) = ctx
-            .aws
-            .iam
-            .get_role()
-            .role_name(ctx.name())
-            .send()
-            .await
-            .context(ctx.id, "iam:GetRole")
-            .optional()?
-            .and_then(|out| out.role)
-        else {
+        let Some(role) = Self::role(ctx).await? else {
             return Ok(None);
         };
         let assume_role_policy = role
@@ -230,12 +243,7 @@ impl Driver for Roles {
             Ok::<BTreeMap<_, _>, AwsError>(policies.into_iter().flatten().collect())
         };
         let (inline_policies, managed_policy_arns) = tokio::try_join!(inline, Self::attached(ctx))?;
-        // GetRole carries the tags: no ListRoleTags.
-        let tags = user_tags(
-            role.tags()
-                .iter()
-                .map(|t| (t.key().to_string(), t.value().to_string())),
-        );
+        let tags = Self::tags(&role);
         Ok(Some(Observed {
             parent_owner: None,
             namesakes: 0,
@@ -247,6 +255,23 @@ impl Driver for Roles {
             tags,
             outputs: Self::outputs(ctx),
         }))
+    }
+
+    /// `GetRole` alone: the policies the delete removes are the ones this stack puts on the role; one
+    /// someone else added makes IAM refuse the delete (`DeleteConflict`), and then they are listed.
+    async fn observe_owner(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &RoleSpec,
+    ) -> Result<Option<Observed<RoleSpec>>, AwsError> {
+        let Some(role) = Self::role(ctx).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Observed::new(
+            desired.clone(),
+            Self::tags(&role),
+            Self::outputs(ctx),
+        )))
     }
 
     async fn create(

@@ -238,6 +238,20 @@ pub trait Driver: Sync {
         desired: &Self::Spec,
     ) -> impl Future<Output = Result<Option<Observed<Self::Spec>>, AwsError>> + Send;
 
+    /// Reads what [`Driver::delete`] needs and no more: whether the resource exists, the tags (or parent
+    /// owner) that prove whose it is, and its ids. A teardown reads this instead of [`Driver::observe`]:
+    /// its settings are about to go, so they are not read. Where a kind skips them, the observation
+    /// carries the desired spec in their place, and its `delete` must cope with what that leaves out
+    /// (something someone else added: AWS refuses the delete, and it lists afresh). The default reads
+    /// everything, for kinds whose observe is that one read already.
+    fn observe_owner(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &Self::Spec,
+    ) -> impl Future<Output = Result<Option<Observed<Self::Spec>>, AwsError>> + Send {
+        self.observe(ctx, desired)
+    }
+
     /// Creates the resource with its tags, and every sub-setting of the spec.
     fn create(
         &self,

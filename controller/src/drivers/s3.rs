@@ -38,6 +38,31 @@ impl Buckets {
         }
     }
 
+    /// The bucket's tags (none when it has no tag set); `NoSuchBucket` is an error: there is no bucket.
+    async fn read_tags(ctx: &Ctx<'_>) -> Result<Tags, AwsError> {
+        let answer = match ctx
+            .aws
+            .s3
+            .get_bucket_tagging()
+            .bucket(ctx.name())
+            .send()
+            .await
+            .context(ctx.id, "s3:GetBucketTagging")
+        {
+            Err(e) if e.code.as_deref() == Some("NoSuchBucket") => return Err(e),
+            read => read.optional()?,
+        };
+        Ok(answer
+            .map(|out| {
+                user_tags(
+                    out.tag_set()
+                        .iter()
+                        .map(|t| (t.key().to_string(), t.value().to_string())),
+                )
+            })
+            .unwrap_or_default())
+    }
+
     async fn put_tags(ctx: &Ctx<'_>, tags: &Tags) -> Result<(), AwsError> {
         if tags.is_empty() {
             ctx.aws
@@ -337,23 +362,7 @@ impl Driver for Buckets {
                 .context(ctx.id, "s3:GetBucketNotificationConfiguration")
         };
         let arn = ctx.arns().bucket(ctx.name());
-        let tags = super::batch::tags_or(ctx, &arn, || async {
-            Ok(s3
-                .get_bucket_tagging()
-                .bucket(ctx.name())
-                .send()
-                .await
-                .context(ctx.id, "s3:GetBucketTagging")
-                .optional()?
-                .map(|out| {
-                    user_tags(
-                        out.tag_set()
-                            .iter()
-                            .map(|t| (t.key().to_string(), t.value().to_string())),
-                    )
-                })
-                .unwrap_or_default())
-        });
+        let tags = super::batch::tags_or(ctx, &arn, || Self::read_tags(ctx));
         let (public_access, versioning, notifications, tags) =
             tokio::try_join!(public_access, versioning, notifications, tags)?;
         let block_public_access = public_access.is_some_and(|out| {
@@ -411,6 +420,22 @@ impl Driver for Buckets {
             tags,
             outputs: Self::outputs(ctx),
         }))
+    }
+
+    /// The tags alone: `NoSuchBucket` says the bucket is gone, no tag set that it is not ours.
+    async fn observe_owner(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &BucketSpec,
+    ) -> Result<Option<Observed<BucketSpec>>, AwsError> {
+        match Self::read_tags(ctx).await {
+            Err(e) if e.code.as_deref() == Some("NoSuchBucket") => Ok(None),
+            tags => Ok(Some(Observed::new(
+                desired.clone(),
+                tags?,
+                Self::outputs(ctx),
+            ))),
+        }
     }
 
     async fn create(

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use aws_sdk_sns::operation::get_topic_attributes::GetTopicAttributesOutput;
 use aws_sdk_sns::types::{Subscription, Tag};
 
 use crate::aws::{AwsError, Optional, ResultExt};
@@ -30,6 +31,39 @@ fn aws_tags(ctx: &Ctx<'_>, tags: &Tags) -> Result<Vec<Tag>, AwsError> {
 }
 
 impl Topics {
+    async fn attributes(
+        ctx: &Ctx<'_>,
+        arn: &str,
+    ) -> Result<Option<GetTopicAttributesOutput>, AwsError> {
+        ctx.aws
+            .sns
+            .get_topic_attributes()
+            .topic_arn(arn)
+            .send()
+            .await
+            .context(ctx.id, "sns:GetTopicAttributes")
+            .optional()
+    }
+
+    async fn tags(ctx: &Ctx<'_>, arn: &str) -> Result<Tags, AwsError> {
+        super::batch::tags_or(ctx, arn, || async {
+            let tags = ctx
+                .aws
+                .sns
+                .list_tags_for_resource()
+                .resource_arn(arn)
+                .send()
+                .await
+                .context(ctx.id, "sns:ListTagsForResource")?;
+            Ok(user_tags(
+                tags.tags()
+                    .iter()
+                    .map(|t| (t.key().to_string(), t.value().to_string())),
+            ))
+        })
+        .await
+    }
+
     /// Topic ARNs are deterministic: no call needed.
     fn arn(ctx: &Ctx<'_>) -> String {
         ctx.arns().topic(ctx.name())
@@ -110,16 +144,7 @@ impl Driver for Topics {
         desired: &TopicSpec,
     ) -> Result<Option<Observed<TopicSpec>>, AwsError> {
         let arn = Self::arn(ctx);
-        let Some(found) = ctx
-            .aws
-            .sns
-            .get_topic_attributes()
-            .topic_arn(&arn)
-            .send()
-            .await
-            .context(ctx.id, "sns:GetTopicAttributes")
-            .optional()?
-        else {
+        let Some(found) = Self::attributes(ctx, &arn).await? else {
             return Ok(None);
         };
         // Only the attributes the spec manages; one AWS does not return is left out, so it diffs.
@@ -129,21 +154,7 @@ impl Driver for Topics {
             .into_iter()
             .filter(|(k, _)| desired.attributes.contains_key(k))
             .collect();
-        let tags = super::batch::tags_or(ctx, &arn, || async {
-            let tags = ctx
-                .aws
-                .sns
-                .list_tags_for_resource()
-                .resource_arn(&arn)
-                .send()
-                .await
-                .context(ctx.id, "sns:ListTagsForResource")?;
-            Ok(user_tags(
-                tags.tags()
-                    .iter()
-                    .map(|t| (t.key().to_string(), t.value().to_string())),
-            ))
-        });
+        let tags = Self::tags(ctx, &arn);
         let (subscriptions, tags) = tokio::try_join!(Self::email_subscriptions(ctx), tags)?;
         let emails: BTreeSet<String> = subscriptions
             .iter()
@@ -159,6 +170,24 @@ impl Driver for Topics {
             tags,
             outputs: Self::outputs(ctx),
         }))
+    }
+
+    /// The topic and its tags: its subscriptions go with it.
+    async fn observe_owner(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &TopicSpec,
+    ) -> Result<Option<Observed<TopicSpec>>, AwsError> {
+        let arn = Self::arn(ctx);
+        if Self::attributes(ctx, &arn).await?.is_none() {
+            return Ok(None);
+        }
+        let tags = Self::tags(ctx, &arn).await?;
+        Ok(Some(Observed::new(
+            desired.clone(),
+            tags,
+            Self::outputs(ctx),
+        )))
     }
 
     async fn create(

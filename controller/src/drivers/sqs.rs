@@ -30,6 +30,20 @@ impl Queues {
             .optional()?
             .and_then(|out| out.queue_url))
     }
+
+    async fn tags(ctx: &Ctx<'_>, url: &str) -> Result<Tags, AwsError> {
+        Ok(user_tags(
+            ctx.aws
+                .sqs
+                .list_queue_tags()
+                .queue_url(url)
+                .send()
+                .await
+                .context(ctx.id, "sqs:ListQueueTags")?
+                .tags
+                .unwrap_or_default(),
+        ))
+    }
 }
 
 impl TagApi for Queues {
@@ -92,18 +106,8 @@ impl Driver for Queues {
             .filter(|(k, _)| desired.attributes.contains_key(k))
             .collect();
         // A queue without an ARN in its answer is not in the batch: it reads its own tags.
-        let tags = super::batch::tags_or(ctx, arn.as_deref().unwrap_or_default(), || async {
-            Ok(user_tags(
-                ctx.aws
-                    .sqs
-                    .list_queue_tags()
-                    .queue_url(&url)
-                    .send()
-                    .await
-                    .context(ctx.id, "sqs:ListQueueTags")?
-                    .tags
-                    .unwrap_or_default(),
-            ))
+        let tags = super::batch::tags_or(ctx, arn.as_deref().unwrap_or_default(), || {
+            Self::tags(ctx, &url)
         })
         .await?;
         Ok(Some(Observed {
@@ -119,6 +123,23 @@ impl Driver for Queues {
                 ..Default::default()
             },
         }))
+    }
+
+    /// The queue's URL and tags: no attribute read.
+    async fn observe_owner(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &QueueSpec,
+    ) -> Result<Option<Observed<QueueSpec>>, AwsError> {
+        let Some(url) = Self::url(ctx).await? else {
+            return Ok(None);
+        };
+        let tags = Self::tags(ctx, &url).await?;
+        let outputs = Outputs {
+            url: Some(url),
+            ..Default::default()
+        };
+        Ok(Some(Observed::new(desired.clone(), tags, outputs)))
     }
 
     async fn create(

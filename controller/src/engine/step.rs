@@ -103,6 +103,15 @@ pub(super) struct Step<'a> {
     pub fresh: bool,
 }
 
+/// How much of a resource a turn reads.
+#[derive(Clone, Copy)]
+enum Read {
+    /// Every setting, to diff against the desired spec.
+    Everything,
+    /// Existence, owner and ids: what a delete needs.
+    Ownership,
+}
+
 /// What a turn did, before it is timed into a [`ResourceReport`].
 struct Turn {
     action: Action,
@@ -268,15 +277,22 @@ impl Step<'_> {
         }
     }
 
-    /// Reads the resource; one found under our name without any ownership tag belongs to the pipeline
-    /// that recorded the intent to create it (a create that stopped before its tags were set), if any.
+    /// Reads the resource (for a teardown, only what proves it ours: [`Driver::observe_owner`]); one
+    /// found under our name without any ownership tag belongs to the pipeline that recorded the intent
+    /// to create it (a create that stopped before its tags were set), if any.
     async fn observe<D: Driver>(
         &self,
         driver: &D,
         spec: &D::Spec,
+        read: Read,
     ) -> Result<Option<Observed<D::Spec>>, AwsError> {
         let id = &self.resource.id;
-        let Some(mut observed) = driver.observe(&self.ctx(), spec).await? else {
+        let ctx = self.ctx();
+        let found = match read {
+            Read::Everything => driver.observe(&ctx, spec).await?,
+            Read::Ownership => driver.observe_owner(&ctx, spec).await?,
+        };
+        let Some(mut observed) = found else {
             return Ok(None);
         };
         if id.kind.creates_untagged() && observed.owner().is_none() {
@@ -315,7 +331,7 @@ impl Step<'_> {
             // Nothing to read on a stack never written: the create says if it exists after all.
             None
         } else {
-            match self.observe(driver, spec).await {
+            match self.observe(driver, spec, Read::Everything).await {
                 Ok(observed) => observed,
                 Err(e) => return Turn::saw(failure(e.into()), Outputs::default()),
             }
@@ -341,10 +357,12 @@ impl Step<'_> {
                     }
                     // It may exist after all (a retried create whose first answer was lost, another
                     // writer): look again before reporting; if it is there, go on as with any existing one.
-                    Err(error @ DriverError::Aws(_)) => match self.observe(driver, spec).await {
-                        Ok(Some(observed)) => observed,
-                        _ => return Turn::saw(failure(error), Outputs::default()),
-                    },
+                    Err(error @ DriverError::Aws(_)) => {
+                        match self.observe(driver, spec, Read::Everything).await {
+                            Ok(Some(observed)) => observed,
+                            _ => return Turn::saw(failure(error), Outputs::default()),
+                        }
+                    }
                     Err(wait) => return Turn::saw(failure(wait), Outputs::default()),
                 }
             }
@@ -415,7 +433,7 @@ impl Step<'_> {
         let ctx = self.ctx();
         let id = &self.resource.id;
         let observed_at = Instant::now();
-        let observed = match self.observe(driver, spec).await {
+        let observed = match self.observe(driver, spec, Read::Ownership).await {
             Ok(Some(observed)) => observed,
             Ok(None) => return Turn::saw(Action::AlreadyGone, Outputs::default()),
             Err(e) if e.is_not_found() => {

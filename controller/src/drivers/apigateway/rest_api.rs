@@ -536,6 +536,41 @@ impl Driver for RestApis {
         ))
     }
 
+    /// The API (found by name and owner) and its copies: resources, methods, models and validators go
+    /// with it.
+    async fn observe_owner(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &RestApiSpec,
+    ) -> Result<Option<Observed<RestApiSpec>>, AwsError> {
+        let Picked {
+            meant: Some(api),
+            copies,
+            namesakes,
+        } = find_rest_apis(ctx, ctx.name()).await?
+        else {
+            return Ok(None);
+        };
+        let api_id = api.id().ok_or_else(|| {
+            AwsError::terminal(ctx.id, "apigateway:GetRestApis", "an API without an id")
+        })?;
+        let spec = RestApiSpec {
+            duplicates: copies
+                .iter()
+                .filter_map(|c| c.id().map(str::to_string))
+                .collect(),
+            ..desired.clone()
+        };
+        Ok(Some(
+            Observed::new(
+                spec,
+                user_tags(api.tags().cloned().unwrap_or_default()),
+                Self::outputs(ctx, api_id),
+            )
+            .with_namesakes(namesakes),
+        ))
+    }
+
     async fn create(
         &self,
         ctx: &Ctx<'_>,
