@@ -314,7 +314,38 @@ async fn waits_for_images_then_converges_reads_back_and_tears_down() {
         }
     }
 
-    // 4. Teardown removes everything, dependents first; a second teardown finds nothing to do.
+    // 4. Teardown removes everything, dependents first; a second teardown finds nothing to do. It reads
+    // only what proves each resource ours, so policies put on a role by hand since (which it does not
+    // read) are found when IAM refuses the role, and removed with it.
+    let role = tap_controller::desired::names::state_machine_role("dev1");
+    let by_hand = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"}]});
+    h.aws
+        .iam
+        .put_role_policy()
+        .role_name(&role)
+        .policy_name("added-by-hand")
+        .policy_document(by_hand.to_string())
+        .send()
+        .await
+        .expect("PutRolePolicy");
+    let managed = h
+        .aws
+        .iam
+        .create_policy()
+        .policy_name("tap-dev1-test-attached-by-hand")
+        .policy_document(by_hand.to_string())
+        .send()
+        .await
+        .expect("CreatePolicy");
+    let managed_arn = managed.policy().and_then(|p| p.arn()).expect("an ARN");
+    h.aws
+        .iam
+        .attach_role_policy()
+        .role_name(&role)
+        .policy_arn(managed_arn)
+        .send()
+        .await
+        .expect("AttachRolePolicy");
     let gone = h
         .engine
         .teardown(
@@ -333,6 +364,14 @@ async fn waits_for_images_then_converges_reads_back_and_tears_down() {
             .all(|r| matches!(r.action, Action::Delete)),
         "every resource existed and was deleted"
     );
+    assert_teardown_reads_only_ownership(&gone);
+    h.aws
+        .iam
+        .delete_policy()
+        .policy_arn(managed_arn)
+        .send()
+        .await
+        .expect("DeletePolicy");
     assert_nothing_left(&h.aws, "tap-dev1-").await;
     let again = h
         .engine
@@ -349,6 +388,65 @@ async fn waits_for_images_then_converges_reads_back_and_tears_down() {
         .resources
         .iter()
         .all(|r| matches!(r.action, Action::AlreadyGone)));
+}
+
+/// A teardown reads whether each resource exists and whose it is, not its settings (they are about to
+/// go), and lists what can be listed once: one `GetRestApis` for the API, its stage and its plan, one
+/// `DescribeAlarms` for every alarm.
+fn assert_teardown_reads_only_ownership(teardown: &Report) {
+    let calls = |service: &str, op: &str| {
+        teardown
+            .calls
+            .get(&(service.to_string(), op.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    let settings_reads = [
+        ("S3", "GetBucketEncryption"),
+        ("S3", "GetBucketVersioning"),
+        ("S3", "GetPublicAccessBlock"),
+        ("S3", "GetBucketNotificationConfiguration"),
+        ("IAM", "GetRolePolicy"),
+        ("ECR", "GetRepositoryPolicy"),
+        ("DynamoDB", "DescribeContinuousBackups"),
+        ("API Gateway", "GetResources"),
+        ("API Gateway", "GetModel"),
+        ("API Gateway", "GetMethod"),
+        ("SNS", "ListSubscriptionsByTopic"),
+        ("SQS", "GetQueueAttributes"),
+    ];
+    let read: Vec<_> = settings_reads
+        .iter()
+        .filter(|(s, o)| calls(s, o) > 0)
+        .collect();
+    assert!(
+        read.is_empty(),
+        "a teardown reads no settings, but read {read:?}: {:?}",
+        teardown.calls
+    );
+    assert_eq!(
+        calls("API Gateway", "GetRestApis"),
+        1,
+        "{:?}",
+        teardown.calls
+    );
+    assert_eq!(
+        calls("CloudWatch", "DescribeAlarms"),
+        1,
+        "{:?}",
+        teardown.calls
+    );
+    // Each one still proves its owner by a read of its own.
+    assert!(
+        calls("CloudWatch", "ListTagsForResource") >= 4,
+        "{:?}",
+        teardown.calls
+    );
+    let total: u64 = teardown.calls.values().sum();
+    eprintln!(
+        "teardown: {total} calls for {} resources",
+        teardown.resources.len()
+    );
 }
 
 /// Every resource read back through the SDK, checking the fields the stack promises.

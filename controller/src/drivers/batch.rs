@@ -11,6 +11,9 @@
 //!   takes up to 100) instead of one per repository. ECR fails the whole call when one name does not
 //!   exist, so on a stack still being built the batch is no answer and each repository reads on its own;
 //!   policy and tags stay one read each per repository.
+//! - **REST APIs**: one `GetRestApis` listing for every REST API of the stack's walk (the API itself,
+//!   its stage and its usage plan each look the API up by name when they have no outputs to go by: a
+//!   teardown, a resync). Which one is ours is still decided by the owner tag each API carries.
 //! - **Lambda permissions**: the policy of a function (`GetPolicy`) is read once for all its permission
 //!   statements, and the function's tags (its owner tag proves the statements ours) are the ones the
 //!   function's own `GetFunction` read earlier in the same walk (a permission depends on its function).
@@ -23,7 +26,8 @@
 //!   used to confirm tags that the resource carries, and a foreign namesake is never taken for ours. A
 //!   stale answer cannot lead to a write: a walk that writes observes again without the batch (below).
 //!
-//! Nothing is skipped: every field of every resource is read at every walk, only in fewer calls.
+//! A converge walk skips nothing: every field of every resource is read at every walk, only in fewer
+//! calls. (A teardown reads less of each resource: `Driver::observe_owner`.)
 //!
 //! **Freshness.** An answer is served only while this walk has not begun to write: the first write of a
 //! turn ([`Batch::writing`], set before it asks for the stack's lock) ends it, and from then on every
@@ -32,14 +36,23 @@
 //! batch), unless no one else can have written since the walk began (see `engine::lock`). A failed batch call is not an answer: each driver then reads its own resource, so an error is
 //! reported on the resource it concerns.
 //!
+//! **Teardown.** A teardown takes the stack's lock before it reads anything, so no other walk of
+//! ours writes while it runs; its own deletes only ever remove what the listings hold. Its batch
+//! ([`Batch::for_teardown`]) therefore keeps serving the *listings* (alarms, log groups, repositories,
+//! REST APIs, a function's policy) after its first delete: an entry deleted since is gone when its
+//! own read or delete is made (not-found is success), and a REST API's id is never reused. It never
+//! serves *tags*: a teardown proves each resource ours by a tag read of its own, just before it
+//! deletes it, so a namesake made under the same ARN since the listing is never taken for ours.
+//!
 //! The batch lives in a task-local value for the duration of a walk ([`scope`]); outside a walk (driver
-//! tests, the teardown) there is none and every driver reads on its own.
+//! tests) there is none and every driver reads on its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use aws_sdk_apigateway::types::RestApi;
 use aws_sdk_cloudwatch::types::MetricAlarm;
 use aws_sdk_cloudwatchlogs::types::LogGroup;
 use aws_sdk_ecr::types::Repository;
@@ -57,6 +70,8 @@ use super::Ctx;
 const ALARM_NAMES_PER_CALL: usize = 100;
 /// `DescribeRepositories` takes at most this many names.
 const REPOSITORY_NAMES_PER_CALL: usize = 100;
+/// `GetRestApis` answers at most this many APIs per page.
+pub const REST_APIS_PER_PAGE: i32 = 500;
 /// `GetResources` answers at most this many resources per page.
 const TAGGED_RESOURCES_PER_PAGE: i32 = 100;
 
@@ -77,7 +92,11 @@ pub struct Batch {
     tags: Shared<HashMap<String, Tags>>,
     /// Function name → the tags its `GetFunction` read in this walk.
     function_tags: Mutex<HashMap<String, Tags>>,
+    /// Every REST API of the account (API Gateway lists them all; names are not unique).
+    rest_apis: Shared<Vec<RestApi>>,
     writing: AtomicBool,
+    /// A teardown's batch: listings outlive its writes, tags are never served (see the module doc).
+    teardown: bool,
 }
 
 impl Batch {
@@ -107,13 +126,26 @@ impl Batch {
         }
     }
 
-    /// The walk is about to write (it asks for the stack's lock): no batched answer from now on.
+    /// The batches a teardown of `stack` can use (see the module doc).
+    pub fn for_teardown(stack: &Stack) -> Self {
+        Self {
+            teardown: true,
+            ..Self::for_stack(stack)
+        }
+    }
+
+    /// The walk is about to write (it asks for the stack's lock): no batched answer from now on, but
+    /// for a teardown's listings.
     pub fn writing(&self) {
         self.writing.store(true, Ordering::SeqCst);
     }
 
-    fn serves(&self) -> bool {
-        !self.writing.load(Ordering::SeqCst)
+    fn serves_listings(&self) -> bool {
+        self.teardown || !self.writing.load(Ordering::SeqCst)
+    }
+
+    fn serves_tags(&self) -> bool {
+        !self.teardown && !self.writing.load(Ordering::SeqCst)
     }
 }
 
@@ -131,9 +163,20 @@ pub fn writing() {
     let _ = BATCH.try_with(|b| b.writing());
 }
 
-/// The walk's batch, while it may serve answers.
-fn current() -> Option<Arc<Batch>> {
-    BATCH.try_with(|b| b.clone()).ok().filter(|b| b.serves())
+/// The walk's batch, while it may serve listings.
+fn listings() -> Option<Arc<Batch>> {
+    BATCH
+        .try_with(|b| b.clone())
+        .ok()
+        .filter(|b| b.serves_listings())
+}
+
+/// The walk's batch, while it may serve tags.
+fn tagging() -> Option<Arc<Batch>> {
+    BATCH
+        .try_with(|b| b.clone())
+        .ok()
+        .filter(|b| b.serves_tags())
 }
 
 /// The answer of a batch call, or `None` when it failed (each driver then reads on its own).
@@ -168,7 +211,7 @@ fn by_name<T>(
 /// Alarm `ctx.name()` from the stack's one `DescribeAlarms`: `Some(None)` when it does not exist,
 /// `None` when there is no batched answer.
 pub async fn alarm(ctx: &Ctx<'_>) -> Option<Option<MetricAlarm>> {
-    let batch = current()?;
+    let batch = listings()?;
     if !batch.alarm_names.iter().any(|n| n == ctx.name()) {
         return None;
     }
@@ -200,7 +243,7 @@ pub async fn alarm(ctx: &Ctx<'_>) -> Option<Option<MetricAlarm>> {
 /// Repository `ctx.name()` from the stack's one `DescribeRepositories`, or `None` when there is no
 /// batched answer (one of the stack's repositories does not exist yet, or the call failed).
 pub async fn repository(ctx: &Ctx<'_>) -> Option<Repository> {
-    let batch = current()?;
+    let batch = listings()?;
     if !batch.repository_names.iter().any(|n| n == ctx.name()) {
         return None;
     }
@@ -229,7 +272,7 @@ pub async fn repository(ctx: &Ctx<'_>) -> Option<Repository> {
 /// Log group `ctx.name()` from the stack's one `DescribeLogGroups` by prefix: `Some(None)` when it does
 /// not exist, `None` when there is no batched answer (or the group is not under the prefix).
 pub async fn log_group(ctx: &Ctx<'_>) -> Option<Option<LogGroup>> {
-    let batch = current()?;
+    let batch = listings()?;
     let prefix = batch.log_group_prefix.as_deref()?;
     if !ctx.name().starts_with(prefix) {
         return None;
@@ -250,6 +293,25 @@ pub async fn log_group(ctx: &Ctx<'_>) -> Option<Option<LogGroup>> {
     })
     .await?;
     Some(all.get(ctx.name()).cloned())
+}
+
+/// Every REST API of the account from the walk's one `GetRestApis` listing, or `None` when there is
+/// no batched answer.
+pub async fn rest_apis(ctx: &Ctx<'_>) -> Option<Arc<Vec<RestApi>>> {
+    let batch = listings()?;
+    shared(&batch.rest_apis, || async {
+        ctx.aws
+            .apigateway
+            .get_rest_apis()
+            .limit(REST_APIS_PER_PAGE)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .context(ctx.id, "apigateway:GetRestApis")
+    })
+    .await
 }
 
 /// Log group ARNs are written with and without a trailing `:*`; the Tagging API lists them without.
@@ -273,7 +335,7 @@ where
 /// The tags of resource `arn` from the stack's one `GetResources` by owner tag, or `None` when that
 /// answer does not list it or there is none.
 async fn listed_tags(ctx: &Ctx<'_>, arn: &str) -> Option<Tags> {
-    let batch = current()?;
+    let batch = tagging()?;
     let all = shared(&batch.tags, || async {
         let pages: Vec<_> = ctx
             .aws
@@ -326,7 +388,7 @@ pub async fn function_policy(ctx: &Ctx<'_>, function: &str) -> Result<Option<Str
             .optional()?
             .and_then(|p| p.policy))
     };
-    let Some(batch) = current() else {
+    let Some(batch) = listings() else {
         return get().await;
     };
     let cell = batch
@@ -344,7 +406,7 @@ pub async fn function_policy(ctx: &Ctx<'_>, function: &str) -> Result<Option<Str
 
 /// Records the tags `GetFunction` read for `function` in this walk.
 pub fn note_function_tags(function: &str, tags: &BTreeMap<String, String>) {
-    if let Some(batch) = current() {
+    if let Some(batch) = tagging() {
         batch
             .function_tags
             .lock()
@@ -355,7 +417,7 @@ pub fn note_function_tags(function: &str, tags: &BTreeMap<String, String>) {
 
 /// The tags this walk's `GetFunction` read for `function`, while the batch serves.
 pub fn function_tags(function: &str) -> Option<Tags> {
-    current()?
+    tagging()?
         .function_tags
         .lock()
         .expect("batch function tags")

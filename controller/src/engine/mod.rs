@@ -421,6 +421,12 @@ impl Engine {
             } else {
                 Locking::OnFirstWrite
             };
+            // Listings that outlive the teardown's deletes only when read under its lock.
+            let batch = match locking {
+                Locking::Before => drivers::batch::Batch::for_teardown(&stack),
+                _ => drivers::batch::Batch::for_stack(&stack),
+            };
+            let work = drivers::batch::scope(Arc::new(batch), work);
             under_lock(&control, mode, locking, self.progress.as_deref(), work).await
         })
         .await;

@@ -90,18 +90,27 @@ fn once() -> aws_sdk_apigateway::config::Builder {
 /// The REST API named `name` that `ctx.owner` owns (or, failing that, a same-named other one), and the
 /// other copies it owns.
 async fn find_rest_apis(ctx: &Ctx<'_>, name: &str) -> Result<Picked<RestApi>, AwsError> {
-    let all = ctx
-        .aws
-        .apigateway
-        .get_rest_apis()
-        .limit(500)
-        .into_paginator()
-        .items()
-        .send()
-        .try_collect()
-        .await
-        .context(ctx.id, "apigateway:GetRestApis")?;
-    let named = all.into_iter().filter(|a| a.name() == Some(name)).collect();
+    let named = match super::batch::rest_apis(ctx).await {
+        Some(all) => all
+            .iter()
+            .filter(|a| a.name() == Some(name))
+            .cloned()
+            .collect(),
+        None => {
+            let all: Vec<RestApi> = ctx
+                .aws
+                .apigateway
+                .get_rest_apis()
+                .limit(super::batch::REST_APIS_PER_PAGE)
+                .into_paginator()
+                .items()
+                .send()
+                .try_collect()
+                .await
+                .context(ctx.id, "apigateway:GetRestApis")?;
+            all.into_iter().filter(|a| a.name() == Some(name)).collect()
+        }
+    };
     Ok(pick(named, ctx.owner, RestApi::tags, |a| {
         a.created_date().map(|d| (d.secs(), d.subsec_nanos()))
     }))
