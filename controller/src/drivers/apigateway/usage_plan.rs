@@ -224,6 +224,38 @@ impl Driver for UsagePlans {
         ))
     }
 
+    /// The plan (found by name and owner) and its copies: its stages are read afresh by the delete,
+    /// its key bindings go with it.
+    async fn observe_owner(
+        &self,
+        ctx: &Ctx<'_>,
+        desired: &UsagePlanSpec,
+    ) -> Result<Option<Observed<UsagePlanSpec>>, AwsError> {
+        let Picked {
+            meant: Some(plan),
+            copies,
+            namesakes,
+        } = Self::find_plans(ctx).await?
+        else {
+            return Ok(None);
+        };
+        let spec = UsagePlanSpec {
+            duplicates: copies
+                .iter()
+                .filter_map(|p| p.id().map(str::to_string))
+                .collect(),
+            ..desired.clone()
+        };
+        Ok(Some(
+            Observed::new(
+                spec,
+                user_tags(plan.tags().cloned().unwrap_or_default()),
+                Self::outputs(ctx, plan.id().unwrap_or_default()),
+            )
+            .with_namesakes(namesakes),
+        ))
+    }
+
     async fn create(
         &self,
         ctx: &Ctx<'_>,
