@@ -153,7 +153,21 @@ mod bench {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         eprintln!("building the controller: cargo build --release -p tap-controller");
         let started = Instant::now();
-        let output = std::process::Command::new(cargo)
+        let mut build = std::process::Command::new(cargo);
+        // `cargo bench` hands this process the variables it sets for a bench (`CARGO_MANIFEST_DIR`, …)
+        // and the `[env]` of .cargo/config.toml. Build scripts that track one (ring's tracks
+        // `CARGO_MANIFEST_DIR`) would see it changed from a plain `cargo build`, and the release
+        // controller, AWS SDK included, would be rebuilt from scratch (about 20 min on 2 cores).
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&name.as_ref());
+            if (name.starts_with("CARGO_") && !keep)
+                || name.ends_with("_aarch64_unknown_linux_musl")
+            {
+                build.env_remove(name.as_ref());
+            }
+        }
+        let output = build
             .args([
                 "build",
                 "--release",
@@ -959,12 +973,23 @@ mod bench {
         counter: OnceLock<CallCounter>,
         started: Mutex<HashMap<ResourceId, u64>>,
         done: Mutex<HashMap<ResourceId, (u64, Duration)>>,
+        /// When the walk began, and each resource's turn (start, end) since then.
+        origin: OnceLock<Instant>,
+        spans: Mutex<HashMap<ResourceId, (Duration, Duration)>>,
+    }
+
+    impl PerResource {
+        fn since_origin(&self) -> Duration {
+            self.origin.get().map(Instant::elapsed).unwrap_or_default()
+        }
     }
 
     impl Progress for PerResource {
         fn started(&self, id: &ResourceId) {
             let calls = self.counter.get().map(CallCounter::total).unwrap_or(0);
             self.started.lock().unwrap().insert(id.clone(), calls);
+            let at = self.since_origin();
+            self.spans.lock().unwrap().insert(id.clone(), (at, at));
         }
 
         fn finished(&self, report: &ResourceReport) {
@@ -979,6 +1004,10 @@ mod bench {
                 .lock()
                 .unwrap()
                 .insert(report.id.clone(), (now - before, report.elapsed));
+            let at = self.since_origin();
+            if let Some(span) = self.spans.lock().unwrap().get_mut(&report.id) {
+                span.1 = at;
+            }
         }
     }
 
@@ -1005,13 +1034,72 @@ mod bench {
         critical_path: Vec<String>,
         /// Sum of the sequential walk's per-resource times along that chain.
         critical_path_seconds: f64,
+        /// The same chain in the graph walk: when each of its resources became ready (its last
+        /// dependency done), started and finished, in ms from the walk's start.
+        critical_path_in_graph: Vec<ChainStep>,
         /// Mean time of one call through the proxies, ms.
         mean_call_ms: f64,
         /// Per resource: (calls, seconds) in the sequential walk.
         per_resource: BTreeMap<String, (u64, f64)>,
     }
 
+    #[derive(Clone, Debug, Serialize)]
+    struct ChainStep {
+        resource: String,
+        ready_ms: f64,
+        started_ms: f64,
+        finished_ms: f64,
+    }
+
+    /// The chain (found on the `cp1` stack) in the graph walk of `stack` (the `cp8` one).
+    fn chain_timeline(
+        stack: &tap_controller::desired::Stack,
+        chain: &[ResourceId],
+        spans: &HashMap<ResourceId, (Duration, Duration)>,
+    ) -> Vec<ChainStep> {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        chain
+            .iter()
+            .filter_map(|id| {
+                let id = ResourceId {
+                    kind: id.kind,
+                    name: id.name.replace("tap-cp1-", "tap-cp8-"),
+                };
+                let resource = stack.resources.iter().find(|r| r.id == id)?;
+                let (started, finished) = *spans.get(&id)?;
+                let ready = resource
+                    .depends_on
+                    .iter()
+                    .filter_map(|d| spans.get(d).map(|s| s.1))
+                    .max()
+                    .unwrap_or_default();
+                Some(ChainStep {
+                    resource: id.to_string(),
+                    ready_ms: ms(ready),
+                    started_ms: ms(started),
+                    finished_ms: ms(finished),
+                })
+            })
+            .collect()
+    }
+
+    /// The outbound rate limits the controller runs with: its `TAP_AWS_RATE_LIMITS` (`--controller-env`),
+    /// else its default. The engine in-process uses the same, so that the two walks compare.
+    fn controller_rate_limits(env: &Env) -> anyhow::Result<tap_controller::aws::RateLimits> {
+        let value = env
+            .controller_env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "TAP_AWS_RATE_LIMITS")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
+        value
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("TAP_AWS_RATE_LIMITS={value}: {e}"))
+    }
+
     async fn engine_walk(
+        env: &Env,
         moto: &Emulator,
         endpoint: &str,
         suffix: &str,
@@ -1023,7 +1111,12 @@ mod bench {
             .to_builder()
             .endpoint_url(endpoint)
             .build();
-        let engine = Engine::new(sdk, concurrency, BTreeMap::new()).with_progress(progress.clone());
+        let engine = Engine::new(sdk, concurrency, BTreeMap::new())
+            .with_client_options(tap_controller::aws::ClientOptions {
+                rate_limits: controller_rate_limits(env)?,
+                ..Default::default()
+            })
+            .with_progress(progress.clone());
         let aws = engine.aws(None).await?;
         let _ = progress.counter.set(aws.calls.clone());
         let spec = spec(suffix);
@@ -1035,6 +1128,7 @@ mod bench {
         let mut memory = DriftMemory::default();
         let before = aws.calls.total();
         let started = Instant::now();
+        let _ = progress.origin.set(started);
         let mut walks = 0;
         let mut converged = false;
         while walks < 5 && !converged {
@@ -1075,26 +1169,40 @@ mod bench {
         .await?;
         let sequential_progress = Arc::new(PerResource::default());
         let mark = tap.mark();
-        let engine_sequential =
-            engine_walk(&moto, &tap.endpoint, "cp1", 1, sequential_progress.clone()).await?;
+        let engine_sequential = engine_walk(
+            env,
+            &moto,
+            &tap.endpoint,
+            "cp1",
+            1,
+            sequential_progress.clone(),
+        )
+        .await?;
         let calls = tap.calls_since(mark);
         let mean_call_ms = calls
             .iter()
             .map(|c| c.latency.as_secs_f64() * 1000.0)
             .sum::<f64>()
             / calls.len().max(1) as f64;
+        let graph_progress = Arc::new(PerResource::default());
         let engine_graph = engine_walk(
+            env,
             &moto,
             &tap.endpoint,
             "cp8",
             concurrency,
-            Arc::new(PerResource::default()),
+            graph_progress.clone(),
         )
         .await?;
         let stack = offline_stack(&spec_yaml("cp1"));
         let done = sequential_progress.done.lock().unwrap().clone();
         let (round_trips, chain) =
             critical_path(&stack, |id| done.get(id).map(|d| d.0 as f64).unwrap_or(0.0));
+        let critical_path_in_graph = chain_timeline(
+            &offline_stack(&spec_yaml("cp8")),
+            &chain,
+            &graph_progress.spans.lock().unwrap(),
+        );
         let critical_path_seconds = chain
             .iter()
             .filter_map(|id| done.get(id).map(|d| d.1.as_secs_f64()))
@@ -1116,6 +1224,7 @@ mod bench {
                 .map(|id| format!("{id} ({})", done.get(id).map(|d| d.0).unwrap_or(0)))
                 .collect(),
             critical_path_seconds,
+            critical_path_in_graph,
             mean_call_ms,
             per_resource: done
                 .iter()
@@ -1569,6 +1678,25 @@ mod bench {
                 single.engine_graph.wall_seconds,
                 single.critical_path.join(" → ")
             ));
+            line(
+                "The same chain in the graph walk (ms from the walk's start; ready: its last dependency done):\n"
+                    .to_string(),
+            );
+            line(
+                "| resource | ready | started | finished | turn |\n|---|---:|---:|---:|---:|"
+                    .to_string(),
+            );
+            for step in &single.critical_path_in_graph {
+                line(format!(
+                    "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                    step.resource,
+                    step.ready_ms,
+                    step.started_ms,
+                    step.finished_ms,
+                    step.finished_ms - step.started_ms
+                ));
+            }
+            line(String::new());
         }
         // Calls by operation for the largest fleet.
         if let Some(f) = r.fleets.iter().max_by_key(|f| f.pipelines) {
