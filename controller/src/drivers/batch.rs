@@ -424,3 +424,40 @@ pub fn function_tags(function: &str) -> Option<Tags> {
         .get(function)
         .cloned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_walk_stops_at_its_first_write_a_teardown_keeps_listings_never_tags() {
+        scope(Arc::new(Batch::default()), async {
+            assert!(listings().is_some() && tagging().is_some());
+            writing();
+            assert!(
+                listings().is_none() && tagging().is_none(),
+                "after its first write a converge walk reads on its own"
+            );
+        })
+        .await;
+        let teardown = Batch {
+            teardown: true,
+            ..Batch::default()
+        };
+        scope(Arc::new(teardown), async {
+            assert!(listings().is_some());
+            assert!(
+                tagging().is_none(),
+                "a teardown reads each resource's tags itself"
+            );
+            writing();
+            assert!(
+                listings().is_some(),
+                "a teardown's listings outlive its deletes"
+            );
+            assert!(tagging().is_none());
+        })
+        .await;
+        assert!(listings().is_none(), "outside a walk there is no batch");
+    }
+}
