@@ -163,20 +163,19 @@ pub fn writing() {
     let _ = BATCH.try_with(|b| b.writing());
 }
 
+/// The walk's batch, while `serves` says it may answer.
+fn serving(serves: fn(&Batch) -> bool) -> Option<Arc<Batch>> {
+    BATCH.try_with(|b| b.clone()).ok().filter(|b| serves(b))
+}
+
 /// The walk's batch, while it may serve listings.
 fn listings() -> Option<Arc<Batch>> {
-    BATCH
-        .try_with(|b| b.clone())
-        .ok()
-        .filter(|b| b.serves_listings())
+    serving(Batch::serves_listings)
 }
 
 /// The walk's batch, while it may serve tags.
 fn tagging() -> Option<Arc<Batch>> {
-    BATCH
-        .try_with(|b| b.clone())
-        .ok()
-        .filter(|b| b.serves_tags())
+    serving(Batch::serves_tags)
 }
 
 /// The answer of a batch call, or `None` when it failed (each driver then reads on its own).

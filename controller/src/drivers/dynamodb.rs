@@ -187,6 +187,24 @@ impl Tables {
             .and_then(|out| out.table))
     }
 
+    /// The table and its ARN, unless it is absent or being deleted: a table being deleted is gone for
+    /// every purpose (the deletion cannot be cancelled); creating it again meanwhile fails with
+    /// ResourceInUseException, which is transient.
+    async fn live(ctx: &Ctx<'_>) -> Result<Option<(TableDescription, String)>, AwsError> {
+        let Some(table) = Self::describe(ctx).await? else {
+            return Ok(None);
+        };
+        if table.table_status() == Some(&TableStatus::Deleting) {
+            return Ok(None);
+        }
+        let arn = table
+            .table_arn()
+            .map(str::to_string)
+            .or_else(|| Self::outputs(ctx).arn)
+            .unwrap_or_default();
+        Ok(Some((table, arn)))
+    }
+
     /// Waits (bounded) until the table is ACTIVE (the SDK's waiter), then until every index is ACTIVE
     /// too; a transient error when they are not.
     async fn wait_active(ctx: &Ctx<'_>) -> Result<TableDescription, AwsError> {
@@ -426,14 +444,9 @@ impl Driver for Tables {
         ctx: &Ctx<'_>,
         _desired: &TableSpec,
     ) -> Result<Option<Observed<TableSpec>>, AwsError> {
-        let Some(table) = Self::describe(ctx).await? else {
+        let Some((table, arn)) = Self::live(ctx).await? else {
             return Ok(None);
         };
-        // A table being deleted is gone for every purpose (the deletion cannot be cancelled); creating it
-        // again meanwhile fails with ResourceInUseException, which is transient.
-        if table.table_status() == Some(&TableStatus::Deleting) {
-            return Ok(None);
-        }
         let (hash_key, range_key) = keys_back(&table, table.key_schema());
         let mut global_secondary_indexes: Vec<GlobalSecondaryIndex> = table
             .global_secondary_indexes()
@@ -453,12 +466,6 @@ impl Driver for Tables {
             })
             .collect();
         global_secondary_indexes.sort_by(|a, b| a.name.cmp(&b.name));
-        let outputs = Self::outputs(ctx);
-        let arn = table
-            .table_arn()
-            .map(str::to_string)
-            .or_else(|| outputs.arn.clone())
-            .unwrap_or_default();
         let backups = async {
             ctx.aws
                 .dynamodb
@@ -485,7 +492,7 @@ impl Driver for Tables {
                 point_in_time_recovery,
             },
             tags,
-            outputs,
+            outputs: Self::outputs(ctx),
         }))
     }
 
@@ -495,20 +502,15 @@ impl Driver for Tables {
         ctx: &Ctx<'_>,
         desired: &TableSpec,
     ) -> Result<Option<Observed<TableSpec>>, AwsError> {
-        let Some(table) = Self::describe(ctx).await? else {
+        let Some((_, arn)) = Self::live(ctx).await? else {
             return Ok(None);
         };
-        if table.table_status() == Some(&TableStatus::Deleting) {
-            return Ok(None);
-        }
-        let outputs = Self::outputs(ctx);
-        let arn = table
-            .table_arn()
-            .map(str::to_string)
-            .or_else(|| outputs.arn.clone())
-            .unwrap_or_default();
         let tags = Self::tags(ctx, &arn).await?;
-        Ok(Some(Observed::new(desired.clone(), tags, outputs)))
+        Ok(Some(Observed::new(
+            desired.clone(),
+            tags,
+            Self::outputs(ctx),
+        )))
     }
 
     async fn create(

@@ -475,25 +475,17 @@ impl RestApis {
 impl Driver for RestApis {
     type Spec = RestApiSpec;
 
+    /// The API as [`Driver::observe_owner`] finds it, then its resource, method, integration,
+    /// validator and model.
     async fn observe(
         &self,
         ctx: &Ctx<'_>,
         desired: &RestApiSpec,
     ) -> Result<Option<Observed<RestApiSpec>>, AwsError> {
-        let Picked {
-            meant: Some(api),
-            copies,
-            namesakes,
-        } = find_rest_apis(ctx, ctx.name()).await?
-        else {
+        let Some(mut observed) = self.observe_owner(ctx, desired).await? else {
             return Ok(None);
         };
-        let api_id = api
-            .id()
-            .ok_or_else(|| {
-                AwsError::terminal(ctx.id, "apigateway:GetRestApis", "an API without an id")
-            })?
-            .to_string();
+        let api_id = observed.id(ctx)?;
         let method = async {
             let (_, resource_id) = Self::resources(ctx, &api_id, &desired.resource_path).await?;
             match &resource_id {
@@ -505,39 +497,22 @@ impl Driver for RestApis {
         };
         let ((has_resource, (method, integration, validator)), model) =
             tokio::try_join!(method, Self::observe_model(ctx, &api_id, &desired.model))?;
-        let spec = RestApiSpec {
-            description: api.description().unwrap_or_default().to_string(),
-            endpoint_type: api
-                .endpoint_configuration()
-                .and_then(|e| e.types().first())
-                .map_or("EDGE", |t| t.as_str())
-                .to_string(),
-            resource_path: if has_resource {
-                desired.resource_path.clone()
-            } else {
-                String::new()
-            },
-            method,
-            integration,
-            validator,
-            model,
-            duplicates: copies
-                .iter()
-                .filter_map(|c| c.id().map(str::to_string))
-                .collect(),
+        let spec = &mut observed.spec;
+        spec.resource_path = if has_resource {
+            desired.resource_path.clone()
+        } else {
+            String::new()
         };
-        Ok(Some(
-            Observed::new(
-                spec,
-                user_tags(api.tags().cloned().unwrap_or_default()),
-                Self::outputs(ctx, &api_id),
-            )
-            .with_namesakes(namesakes),
-        ))
+        spec.method = method;
+        spec.integration = integration;
+        spec.validator = validator;
+        spec.model = model;
+        Ok(Some(observed))
     }
 
-    /// The API (found by name and owner) and its copies: resources, methods, models and validators go
-    /// with it.
+    /// The API (found by name and owner, with its own fields from that listing) and its copies; its
+    /// resources, methods, models and validators are not read (they go with it): the desired ones
+    /// stand in.
     async fn observe_owner(
         &self,
         ctx: &Ctx<'_>,
@@ -555,6 +530,12 @@ impl Driver for RestApis {
             AwsError::terminal(ctx.id, "apigateway:GetRestApis", "an API without an id")
         })?;
         let spec = RestApiSpec {
+            description: api.description().unwrap_or_default().to_string(),
+            endpoint_type: api
+                .endpoint_configuration()
+                .and_then(|e| e.types().first())
+                .map_or("EDGE", |t| t.as_str())
+                .to_string(),
             duplicates: copies
                 .iter()
                 .filter_map(|c| c.id().map(str::to_string))

@@ -16,6 +16,29 @@ use super::{once, patch, pick, replace, require_rest_api_id, rest_api_id, Picked
 pub struct UsagePlans;
 
 impl UsagePlans {
+    /// The observation of `plan` with `spec` as its settings, its same-owner `copies` to be deleted.
+    fn observed(
+        ctx: &Ctx<'_>,
+        plan: &UsagePlan,
+        copies: &[UsagePlan],
+        namesakes: usize,
+        spec: UsagePlanSpec,
+    ) -> Observed<UsagePlanSpec> {
+        let spec = UsagePlanSpec {
+            duplicates: copies
+                .iter()
+                .filter_map(|p| p.id().map(str::to_string))
+                .collect(),
+            ..spec
+        };
+        Observed::new(
+            spec,
+            user_tags(plan.tags().cloned().unwrap_or_default()),
+            Self::outputs(ctx, plan.id().unwrap_or_default()),
+        )
+        .with_namesakes(namesakes)
+    }
+
     fn outputs(ctx: &Ctx<'_>, plan_id: &str) -> Outputs {
         Outputs {
             arn: Some(ctx.arns().apigateway(&format!("/usageplans/{plan_id}"))),
@@ -209,19 +232,9 @@ impl Driver for UsagePlans {
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_default(),
             api_key_name,
-            duplicates: copies
-                .iter()
-                .filter_map(|p| p.id().map(str::to_string))
-                .collect(),
+            duplicates: vec![],
         };
-        Ok(Some(
-            Observed::new(
-                spec,
-                user_tags(plan.tags().cloned().unwrap_or_default()),
-                Self::outputs(ctx, &plan_id),
-            )
-            .with_namesakes(namesakes),
-        ))
+        Ok(Some(Self::observed(ctx, &plan, &copies, namesakes, spec)))
     }
 
     /// The plan (found by name and owner) and its copies: its stages are read afresh by the delete,
@@ -239,21 +252,13 @@ impl Driver for UsagePlans {
         else {
             return Ok(None);
         };
-        let spec = UsagePlanSpec {
-            duplicates: copies
-                .iter()
-                .filter_map(|p| p.id().map(str::to_string))
-                .collect(),
-            ..desired.clone()
-        };
-        Ok(Some(
-            Observed::new(
-                spec,
-                user_tags(plan.tags().cloned().unwrap_or_default()),
-                Self::outputs(ctx, plan.id().unwrap_or_default()),
-            )
-            .with_namesakes(namesakes),
-        ))
+        Ok(Some(Self::observed(
+            ctx,
+            &plan,
+            &copies,
+            namesakes,
+            desired.clone(),
+        )))
     }
 
     async fn create(
