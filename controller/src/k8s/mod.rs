@@ -42,7 +42,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
-use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, WatchStreamExt};
+use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::sync::{oneshot, watch};
 
@@ -106,8 +106,7 @@ pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 10;
 pub const DEFAULT_RESYNC_JITTER: f64 = 0.1;
 /// How long the Controller waits after a change before reconciling (further changes inside it restart
 /// the wait): changes made together (an apply and another tool's finalizer right after it) cost one
-/// reconcile, not two. Short, because a new pipeline waits it twice before its first walk (the create,
-/// then the event of the finalizer the first reconcile adds): 200 ms cost 0.4 s of its create → Ready.
+/// reconcile, not two. Short, because a new pipeline waits it before its first walk.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 impl RunConfig {
@@ -417,8 +416,10 @@ pub async fn run_controllers(
         let (reader, writer) = reflector::store();
         let readiness = readiness.clone();
         let mut listed = false;
-        // Status-only changes (our own status patches) do not trigger a reconcile: only spec changes
-        // (generation, which the API server also bumps when deletion starts) and finalizer changes do.
+        // Only spec changes trigger a reconcile (generation, which the API server also bumps when
+        // deletion starts): not our own status patches, nor the finalizer the first reconcile adds
+        // before it walks (that would walk the new stack twice). A finalizer someone removes by hand
+        // is put back by the next reconcile, at most one resync period later.
         let stream = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             // The store holds every pipeline for the life of the process: not the parts only the API
@@ -439,10 +440,7 @@ pub async fn run_controllers(
                 }
             })
             .applied_objects()
-            .predicate_filter(
-                predicates::generation.combine(predicates::finalizers),
-                Default::default(),
-            );
+            .predicate_filter(predicates::generation, Default::default());
         let (tx, rx) = oneshot::channel::<()>();
         stoppers.push(tx);
         stores.push(reader.clone());

@@ -27,8 +27,10 @@ async fn finish(task: tokio::task::JoinHandle<Result<Action, Error>>) -> Result<
         .expect("the reconcile panicked")
 }
 
+/// The finalizer goes on before any AWS call, and the same reconcile then applies the patched object
+/// (no second reconcile, one debounce and one watch event later, before a new pipeline's first walk).
 #[tokio::test]
-async fn a_new_pipeline_gets_the_finalizer_first_and_no_aws_call() {
+async fn a_new_pipeline_gets_the_finalizer_before_any_aws_call_then_is_applied_at_once() {
     let sentinel = AwsSentinel::start().await;
     let (client, mut server) = mock_client();
     let metrics = Metrics::new();
@@ -51,11 +53,22 @@ async fn a_new_pipeline_gets_the_finalizer_first_and_no_aws_call() {
         0,
         "no AWS call may precede the finalizer"
     );
-    first.ok(to_json(&finalized(p)));
+    first.ok(to_json(&finalized(p.clone())));
 
-    let action = finish(task).await.expect("reconcile");
-    assert_eq!(action, Action::await_change());
-    assert_eq!(sentinel.connections(), 0);
+    // The walk follows in this reconcile: AWS (the sentinel) is reached, and its failure reported.
+    let status = server.expect("PATCH", &status_uri("test")).await;
+    assert_eq!(
+        condition(&status.body["status"], "Ready")["reason"],
+        "AwsError"
+    );
+    assert!(
+        sentinel.connections() > 0,
+        "the apply must follow the finalizer"
+    );
+    status.applied(&p);
+    assert_eq!(server.expect_event().await["reason"], "PhaseChanged");
+    assert_eq!(server.expect_event().await["reason"], "AwsError");
+    finish(task).await.expect_err("AWS is unreachable");
 }
 
 /// Positive control for the sentinel: a valid, finalized pipeline does reach AWS (STS first); the
