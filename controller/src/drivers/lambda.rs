@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_lambda::client::Waiters;
 use aws_sdk_lambda::types::{
-    Architecture, DeadLetterConfig, Environment, FunctionCode, PackageType, TracingConfig,
+    Architecture, DeadLetterConfig, Environment, FunctionCode, PackageType, State, TracingConfig,
     TracingMode,
 };
 
@@ -273,7 +273,10 @@ impl Driver for Functions {
                 .context(ctx.id, "lambda:CreateFunction")
         };
         let out = while_role_propagates(ROLE_PROPAGATION, create).await?;
-        Self::wait_active(ctx).await?;
+        // A create answered Active needs no read-back (AWS answers Pending, and the waiter polls).
+        if out.state() != Some(&State::Active) {
+            Self::wait_active(ctx).await?;
+        }
         Ok(Self::outputs(ctx, out.function_arn()))
     }
 
