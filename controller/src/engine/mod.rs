@@ -284,13 +284,11 @@ impl Engine {
         // The first walk of a pipeline in this process asks whether anyone ever wrote the stack (its
         // control table is made at the first write and removed by the last teardown): if not, what can
         // only be created is created without a read first (see `Driver::CREATE_REFUSES_EXISTING`).
-        let fresh_hint = mode == Mode::Apply && memory.is_new();
+        let fresh = Fresh::asked_if(mode == Mode::Apply && memory.is_new());
         memory.begin_walk();
         let shared = Arc::new(Mutex::new(std::mem::take(memory)));
         let owner = names::owner_tag(pipeline.owner);
         let control = self.control(&aws, &stack, &owner);
-        let (fresh, mut calls) =
-            aws::scope(async { fresh_hint && matches!(control.exists().await, Ok(false)) }).await;
         let policy = pipeline.spec.drift_policy;
         let tag_policy = pipeline.spec.tag_policy;
         let adoption_policy = pipeline.spec.adoption_policy;
@@ -300,6 +298,7 @@ impl Engine {
             let owner = owner.clone();
             let shared = shared.clone();
             let control = &control;
+            let fresh = &fresh;
             async move {
                 Step {
                     aws: &aws,
@@ -320,14 +319,14 @@ impl Engine {
             }
         });
         let batch = Arc::new(drivers::batch::Batch::for_stack(&stack));
-        let (reports, walk_calls) = aws::scope(drivers::batch::scope(
+        let (reports, calls) = aws::scope(drivers::batch::scope(
             batch,
             // A stack never written will be: its lock is taken while the first resources are read.
             under_lock(
                 &control,
                 mode,
-                if fresh {
-                    Locking::Alongside
+                if fresh.asked {
+                    Locking::WhenFresh(&fresh)
                 } else {
                     Locking::OnFirstWrite
                 },
@@ -336,9 +335,6 @@ impl Engine {
             ),
         ))
         .await;
-        for (key, n) in walk_calls {
-            *calls.entry(key).or_default() += n;
-        }
         let (reports, locked_by) = reports;
         *memory = Arc::try_unwrap(shared)
             .map(|m| m.into_inner().expect("drift memory poisoned"))
@@ -382,7 +378,7 @@ impl Engine {
                         memory,
                         control,
                         progress: progress.as_deref(),
-                        fresh: false,
+                        fresh: &NOT_ASKED,
                     }
                     .tear_down()
                     .await
@@ -442,7 +438,7 @@ impl Engine {
 async fn under_lock<T>(
     control: &Control,
     mode: Mode,
-    locking: Locking,
+    locking: Locking<'_>,
     progress: Option<&dyn Progress>,
     walk: impl std::future::Future<Output = T>,
 ) -> (T, Option<LockHolder>) {
@@ -459,7 +455,14 @@ async fn under_lock<T>(
     let locked_walk = async {
         match locking {
             Locking::OnFirstWrite => walk.await,
-            Locking::Alongside => futures::join!(lock, walk).1,
+            Locking::WhenFresh(fresh) => {
+                let lock = async {
+                    if fresh.get(control).await {
+                        lock.await;
+                    }
+                };
+                futures::join!(lock, walk).1
+            }
             Locking::Before => {
                 lock.await;
                 walk.await
@@ -478,14 +481,48 @@ async fn under_lock<T>(
 }
 
 /// When a writing walk takes the stack's lock.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Locking {
+#[derive(Clone, Copy)]
+enum Locking<'a> {
     /// At its first write: a walk that finds nothing to change writes nothing.
     OnFirstWrite,
-    /// While it starts reading: it will write.
-    Alongside,
+    /// While it starts reading, if the stack was never written: it will write. (Otherwise at its
+    /// first write.)
+    WhenFresh(&'a Fresh),
     /// Before it reads anything: it will write, and what it read before the lock would be read again.
     Before,
+}
+
+/// Whether the stack was never written (it has no control table: made at the first write, removed by
+/// the last teardown). Asked on a pipeline's first walk in this process only, and once, by the first
+/// turn or lock that needs the answer, while the other turns read: it is not a step before the walk.
+pub(super) struct Fresh {
+    asked: bool,
+    answer: tokio::sync::OnceCell<bool>,
+}
+
+/// A walk that does not ask (a resync, a teardown): never fresh.
+static NOT_ASKED: Fresh = Fresh {
+    asked: false,
+    answer: tokio::sync::OnceCell::const_new(),
+};
+
+impl Fresh {
+    fn asked_if(asked: bool) -> Self {
+        Self {
+            asked,
+            answer: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Never written; `false` when not asked, or when the control table cannot be read.
+    pub(super) async fn get(&self, control: &Control) -> bool {
+        self.asked
+            && *self
+                .answer
+                // On the heap: this future is part of every turn's, and a test thread's stack is 2 MiB.
+                .get_or_init(|| async { matches!(Box::pin(control.exists()).await, Ok(false)) })
+                .await
+    }
 }
 
 /// The control table carries the stack's ownership tags.

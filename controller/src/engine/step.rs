@@ -100,7 +100,7 @@ pub(super) struct Step<'a> {
     pub progress: Option<&'a dyn super::Progress>,
     /// The stack was never written (no control table): kinds whose create refuses an existing
     /// resource are created without a read first ([`Driver::CREATE_REFUSES_EXISTING`]).
-    pub fresh: bool,
+    pub fresh: &'a super::Fresh,
 }
 
 /// How much of a resource a turn reads.
@@ -327,15 +327,16 @@ impl Step<'_> {
         let tags = &self.resource.tags;
         let id = &self.resource.id;
         let observed_at = Instant::now();
-        let observed = if self.fresh && D::CREATE_REFUSES_EXISTING && self.writes() {
-            // Nothing to read on a stack never written: the create says if it exists after all.
-            None
-        } else {
-            match self.observe(driver, spec, Read::Everything).await {
-                Ok(observed) => observed,
-                Err(e) => return Turn::saw(failure(e.into()), Outputs::default()),
-            }
-        };
+        let observed =
+            if D::CREATE_REFUSES_EXISTING && self.writes() && self.fresh.get(self.control).await {
+                // Nothing to read on a stack never written: the create says if it exists after all.
+                None
+            } else {
+                match self.observe(driver, spec, Read::Everything).await {
+                    Ok(observed) => observed,
+                    Err(e) => return Turn::saw(failure(e.into()), Outputs::default()),
+                }
+            };
         let desired_json = desired_json(spec, tags);
         let now = chrono::Utc::now();
         let observed = match observed {
