@@ -46,7 +46,9 @@ mod bench {
     use kube::{Client, ResourceExt};
     use serde::Serialize;
     use serde_json::json;
-    use tap_controller::api::{TransactionPipeline, TransactionPipelineSpec, FINALIZER};
+    use tap_controller::api::{
+        TransactionPipeline, TransactionPipelineSpec, FINALIZER, RECONCILE_REQUEST_ANNOTATION,
+    };
     use tap_controller::aws::{is_read, CallCounter};
     use tap_controller::desired::ResourceId;
     use tap_controller::engine::{DriftMemory, Engine, Mode, Pipeline, Progress, ResourceReport};
@@ -59,8 +61,9 @@ mod bench {
     use tap_tests::{Emulator, EmulatorKind};
 
     const NAMESPACE: &str = "tap-scale";
-    /// Added by the bench to trigger one reconcile of every pipeline at once (the controller's
-    /// predicates pass finalizer changes), and removed once the controller's own finalizer is gone.
+    /// Added by the bench with the reconcile request that triggers one resync of every pipeline at
+    /// once; it holds each object after teardown until the bench has seen the controller's own
+    /// finalizer go, and is removed then.
     const BENCH_FINALIZER: &str = "bench.tap.dev/resync";
     /// Long enough that no periodic resync falls inside a run: the bench triggers the one it measures.
     const RESYNC_SECONDS: u64 = 3600;
@@ -825,16 +828,18 @@ mod bench {
         if full && ready == pipelines {
             // One resync of every pipeline at once.
             let start = phase_start(&controller, &procs, &tap, &sampler).await?;
+            let requested_at = chrono::Utc::now().to_rfc3339();
             for name in &names {
                 api.patch(
                     name,
                     &PatchParams::default(),
-                    &Patch::Merge(
-                        json!({"metadata": {"finalizers": [FINALIZER, BENCH_FINALIZER]}}),
-                    ),
+                    &Patch::Merge(json!({"metadata": {
+                        "finalizers": [FINALIZER, BENCH_FINALIZER],
+                        "annotations": {RECONCILE_REQUEST_ANNOTATION: requested_at},
+                    }})),
                 )
                 .await
-                .with_context(|| format!("adding the bench finalizer to {name}"))?;
+                .with_context(|| format!("requesting a reconcile of {name}"))?;
             }
             let wanted = start.metrics.reconciles_finished + pipelines as u64;
             let done = match controller.wait_reconciled(wanted, timeout).await {

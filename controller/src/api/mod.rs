@@ -444,6 +444,11 @@ pub struct NotificationSettings {
 /// down per `deletionPolicy` (deleting is an explicit request; use `deletionPolicy: Retain` to keep it).
 pub const PAUSED_ANNOTATION: &str = "tap.dev/paused";
 
+/// Annotation that asks for a reconcile now (a drift check without waiting for the resync period):
+/// any new value, e.g. `kubectl annotate --overwrite transactionpipeline NAME
+/// tap.dev/reconcile-requested-at="$(date +%s)"`. Its value means nothing else.
+pub const RECONCILE_REQUEST_ANNOTATION: &str = "tap.dev/reconcile-requested-at";
+
 impl TransactionPipeline {
     /// Whether the [`PAUSED_ANNOTATION`] is `"true"`.
     pub fn is_paused(&self) -> bool {
@@ -452,6 +457,22 @@ impl TransactionPipeline {
             .as_ref()
             .and_then(|a| a.get(PAUSED_ANNOTATION))
             .is_some_and(|v| v == "true")
+    }
+
+    /// The annotations that change what a reconcile does or ask for one: [`PAUSED_ANNOTATION`] and
+    /// [`RECONCILE_REQUEST_ANNOTATION`], with their values (`None` when absent).
+    pub fn control_annotations(&self) -> (Option<&str>, Option<&str>) {
+        let value = |key| {
+            self.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .map(String::as_str)
+        };
+        (
+            value(PAUSED_ANNOTATION),
+            value(RECONCILE_REQUEST_ANNOTATION),
+        )
     }
 
     /// `namespace/name`, the value of the ownership tag `tap.dev/pipeline`.

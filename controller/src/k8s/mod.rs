@@ -42,7 +42,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
-use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
+use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::sync::{oneshot, watch};
 
@@ -108,6 +108,22 @@ pub const DEFAULT_RESYNC_JITTER: f64 = 0.1;
 /// the wait): changes made together (an apply and another tool's finalizer right after it) cost one
 /// reconcile, not two. Short, because a new pipeline waits it before its first walk.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// What of a pipeline triggers a reconcile when it changes: its spec (generation, which the API server
+/// also bumps when deletion starts) and its control annotations (pausing, resuming, asking for a
+/// reconcile now). Not our own status patches, nor the finalizer the first reconcile adds before it
+/// walks (that would walk a new stack twice); a finalizer someone removes by hand is put back by the
+/// next reconcile, at most one resync period later.
+pub fn reconcile_trigger(pipeline: &TransactionPipeline) -> Option<u64> {
+    predicates::generation
+        .combine(|p: &TransactionPipeline| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            p.control_annotations().hash(&mut hasher);
+            Some(hasher.finish())
+        })
+        .hash_property(pipeline)
+}
 
 impl RunConfig {
     /// The most a shutdown takes from the first termination signal to the exit.
@@ -416,10 +432,7 @@ pub async fn run_controllers(
         let (reader, writer) = reflector::store();
         let readiness = readiness.clone();
         let mut listed = false;
-        // Only spec changes trigger a reconcile (generation, which the API server also bumps when
-        // deletion starts): not our own status patches, nor the finalizer the first reconcile adds
-        // before it walks (that would walk the new stack twice). A finalizer someone removes by hand
-        // is put back by the next reconcile, at most one resync period later.
+        // What triggers a reconcile: see `reconcile_trigger`.
         let stream = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             // The store holds every pipeline for the life of the process: not the parts only the API
@@ -440,7 +453,7 @@ pub async fn run_controllers(
                 }
             })
             .applied_objects()
-            .predicate_filter(predicates::generation, Default::default());
+            .predicate_filter(reconcile_trigger, Default::default());
         let (tx, rx) = oneshot::channel::<()>();
         stoppers.push(tx);
         stores.push(reader.clone());

@@ -489,3 +489,78 @@ async fn metrics_include_process_rss_cpu_and_open_fds() {
     );
     drop(files);
 }
+
+/// What starts a reconcile: a spec change and the control annotations (a reconcile request, a pause, a
+/// resume); not the controller's own finalizer and status writes, nor another tool's finalizer or a
+/// label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_changes_and_control_annotations_start_a_reconcile_other_metadata_does_not() {
+    let api = FakeApi::new();
+    let probe = Probe::new();
+    let mut config = config(false, "triggers");
+    // No periodic resync inside the test: every walk is one a change started.
+    config.resync = Duration::from_secs(3600);
+    let replica = Replica::start(&api, config, &probe, Duration::ZERO).await;
+    let current = || -> TransactionPipeline {
+        serde_json::from_value(api.pipeline("default", "payments").expect("stored")).unwrap()
+    };
+    // Quiet for ten debounces: no walk started.
+    let no_walk_after = |n: usize, what: &'static str| {
+        let probe = probe.clone();
+        async move {
+            tokio::time::sleep(DEBOUNCE * 10).await;
+            assert_eq!(probe.count("triggers"), n, "{what} started a walk");
+        }
+    };
+
+    // Created: one walk (the finalizer it adds first is not a second one).
+    api.put_pipeline(&pipeline("payments", "pay1", 60));
+    probe.walks("triggers", 1).await;
+    until("the status is written", || {
+        api.pipeline("default", "payments").unwrap()["status"]["phase"] == "Ready"
+    })
+    .await;
+    no_walk_after(1, "the controller's own finalizer and status").await;
+
+    let mut p = current();
+    p.metadata
+        .finalizers
+        .get_or_insert_default()
+        .push("other.example/hold".into());
+    p.labels_mut().insert("team".into(), "payments".into());
+    api.put_pipeline(&p);
+    no_walk_after(1, "another tool's finalizer, or a label,").await;
+
+    let mut p = current();
+    p.annotations_mut()
+        .insert(crate::api::RECONCILE_REQUEST_ANNOTATION.into(), "1".into());
+    api.put_pipeline(&p);
+    probe.walks("triggers", 2).await;
+
+    let mut p = current();
+    p.annotations_mut()
+        .insert(crate::api::PAUSED_ANNOTATION.into(), "true".into());
+    api.put_pipeline(&p);
+    until("the status says Paused", || {
+        api.pipeline("default", "payments").unwrap()["status"]["phase"] == "Paused"
+    })
+    .await;
+    assert_eq!(
+        probe.count("triggers"),
+        2,
+        "a paused pipeline is not walked"
+    );
+
+    let mut p = current();
+    p.annotations_mut().remove(crate::api::PAUSED_ANNOTATION);
+    api.put_pipeline(&p);
+    probe.walks("triggers", 3).await;
+
+    let mut p = current();
+    p.spec.functions.csv_validator.memory_mb += 128;
+    p.metadata.generation = Some(2);
+    api.put_pipeline(&p);
+    probe.walks("triggers", 4).await;
+    no_walk_after(4, "the walk's own status").await;
+    replica.stop().await;
+}
