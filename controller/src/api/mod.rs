@@ -452,27 +452,24 @@ pub const RECONCILE_REQUEST_ANNOTATION: &str = "tap.dev/reconcile-requested-at";
 impl TransactionPipeline {
     /// Whether the [`PAUSED_ANNOTATION`] is `"true"`.
     pub fn is_paused(&self) -> bool {
-        self.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(PAUSED_ANNOTATION))
-            .is_some_and(|v| v == "true")
+        self.annotation(PAUSED_ANNOTATION) == Some("true")
     }
 
     /// The annotations that change what a reconcile does or ask for one: [`PAUSED_ANNOTATION`] and
     /// [`RECONCILE_REQUEST_ANNOTATION`], with their values (`None` when absent).
     pub fn control_annotations(&self) -> (Option<&str>, Option<&str>) {
-        let value = |key| {
-            self.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(key))
-                .map(String::as_str)
-        };
         (
-            value(PAUSED_ANNOTATION),
-            value(RECONCILE_REQUEST_ANNOTATION),
+            self.annotation(PAUSED_ANNOTATION),
+            self.annotation(RECONCILE_REQUEST_ANNOTATION),
         )
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
     }
 
     /// `namespace/name`, the value of the ownership tag `tap.dev/pipeline`.

@@ -321,15 +321,12 @@ impl Engine {
         let batch = Arc::new(drivers::batch::Batch::for_stack(&stack));
         let (reports, calls) = aws::scope(drivers::batch::scope(
             batch,
-            // A stack never written will be: its lock is taken while the first resources are read.
+            // A stack never written will be: its lock is taken while the first resources are read
+            // (otherwise at the first write).
             under_lock(
                 &control,
                 mode,
-                if fresh.asked {
-                    Locking::WhenFresh(&fresh)
-                } else {
-                    Locking::OnFirstWrite
-                },
+                Locking::WhenFresh(&fresh),
                 self.progress.as_deref(),
                 walk,
             ),
