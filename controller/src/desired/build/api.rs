@@ -80,11 +80,9 @@ pub(super) fn rest_api(b: &mut Builder<'_>) {
     );
     let stage_id = id(Kind::Stage, names::stage(&rest_api, &settings.stage_name));
     let key_id = id(Kind::ApiKey, names::api_key(suffix));
-    b.add(
-        api_id.clone(),
-        vec![id(Kind::Function, &validator)],
-        ResourceSpec::RestApi(api),
-    );
+    // The integration's URI is the function's ARN, known from its name: the API is built alongside the
+    // function rather than after it. Nothing can call it before the stage, which waits for the permission.
+    b.add(api_id.clone(), vec![], ResourceSpec::RestApi(api));
     b.add(
         permission_id.clone(),
         vec![id(Kind::Function, &validator), api_id.clone()],
