@@ -137,6 +137,8 @@ const TRANSIENT_CODES: &[&str] = &[
     "ConcurrentModificationException",
     "ConflictException",
     "OperationAbortedException",
+    // S3: another operation on the same bucket is still in progress.
+    "OperationAborted",
     // DynamoDB: point-in-time recovery is still being enabled on a new table ("Please retry later").
     "ContinuousBackupsUnavailableException",
 ];
@@ -294,6 +296,14 @@ mod tests {
             ErrorClass::Terminal
         );
         assert_eq!(classify(None, "", Some(503)), ErrorClass::Transient);
+        assert_eq!(
+            classify(
+                Some("OperationAborted"),
+                "A conflicting conditional operation is currently in progress against this resource.",
+                Some(409)
+            ),
+            ErrorClass::Transient
+        );
         assert_eq!(
             classify(
                 Some("InvalidParameterValueException"),

@@ -454,13 +454,22 @@ impl Driver for Buckets {
             );
         }
         request.send().await.context(ctx.id, "s3:CreateBucket")?;
-        Self::put_tags(ctx, tags).await?;
-        Self::put_encryption(ctx, desired).await?;
-        Self::put_public_access_block(ctx, desired).await?;
-        if desired.versioning {
-            Self::put_versioning(ctx, desired).await?;
-        }
-        Self::put_notification(ctx, desired, false).await?;
+        // Each is a sub-resource of its own, and the create's intent (still recorded until this returns)
+        // proves the bucket ours until its tags are on: all at once. S3 may refuse one with
+        // OperationAborted while another is in progress: transient, and the next walk finishes it.
+        let versioning = async {
+            match desired.versioning {
+                true => Self::put_versioning(ctx, desired).await,
+                false => Ok(()),
+            }
+        };
+        tokio::try_join!(
+            Self::put_tags(ctx, tags),
+            Self::put_encryption(ctx, desired),
+            Self::put_public_access_block(ctx, desired),
+            versioning,
+            Self::put_notification(ctx, desired, false),
+        )?;
         Ok(Self::outputs(ctx))
     }
 

@@ -149,6 +149,15 @@ async fn throttling_beyond_the_sdk_retries_and_busy_resources_do_not_wedge_the_s
     proxy
         .set_rules(json!([
             error("s3", "PutBucketTagging", "SlowDown", 503, "Please reduce your request rate.", beyond),
+            // The bucket's configuration writes go at once; S3 may refuse one while another runs.
+            error(
+                "s3",
+                "PutPublicAccessBlock",
+                "OperationAborted",
+                409,
+                "A conflicting conditional operation is currently in progress against this resource. Please try again.",
+                beyond
+            ),
             error("sts", "GetCallerIdentity", "Throttling", 400, "Rate exceeded", beyond),
             error(
                 "dynamodb",
