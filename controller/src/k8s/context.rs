@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::{Client, Resource};
 
+use super::heap::IdleTrim;
 use super::metrics::Metrics;
 use super::suffix_guard::SuffixGuard;
 use super::FIELD_MANAGER;
@@ -80,6 +81,8 @@ pub struct Context {
     /// Fraction of `resync` taken off at random from each converged pipeline's next resync (0: none).
     pub resync_jitter: f64,
     pub suffixes: SuffixGuard,
+    /// Trims the heap whenever the last running reconcile ends.
+    pub heap: IdleTrim,
     /// Drift memory per pipeline (by uid), between reconciles.
     memories: Mutex<HashMap<String, DriftMemory>>,
     /// Backoff per pipeline (`namespace/name`) while it keeps failing transiently.
@@ -105,6 +108,7 @@ impl Context {
             resync,
             resync_jitter: 0.0,
             suffixes: SuffixGuard::default(),
+            heap: IdleTrim::default(),
             memories: Default::default(),
             failures: Default::default(),
         }

@@ -20,6 +20,7 @@ pub mod events;
 pub mod fake_api;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
+pub mod heap;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -64,6 +64,7 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
+    let _running = ctx.heap.enter();
     let owner = pipeline.owner_key();
     let namespace = pipeline.namespace().unwrap_or_else(|| "default".into());
     let api: Api<TransactionPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
