@@ -412,6 +412,7 @@ fn assert_teardown_reads_only_ownership(teardown: &Report) {
         ("API Gateway", "GetResources"),
         ("API Gateway", "GetModel"),
         ("API Gateway", "GetMethod"),
+        ("API Gateway", "GetRequestValidators"),
         ("API Gateway", "GetUsagePlanKeys"),
         ("SNS", "ListSubscriptionsByTopic"),
         ("SQS", "GetQueueAttributes"),

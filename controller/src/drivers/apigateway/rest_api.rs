@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_apigateway::types::{EndpointConfiguration, EndpointType, IntegrationType, Op};
+use aws_sdk_apigateway::types::{
+    EndpointConfiguration, EndpointType, IntegrationType, Method, Op, Resource,
+};
 use serde_json::Value;
 
 use crate::aws::{AwsError, Optional, ResultExt};
@@ -61,17 +63,19 @@ impl RestApis {
         Ok(())
     }
 
-    /// The resource ids of the root and of `path` (when it exists).
+    /// The root's id and the resource at `path` (when it exists), each resource with its methods
+    /// embedded (`embed=methods`) where the API answers them.
     async fn resources(
         ctx: &Ctx<'_>,
         api_id: &str,
         path: &str,
-    ) -> Result<(Option<String>, Option<String>), AwsError> {
-        let all = ctx
+    ) -> Result<(Option<String>, Option<Resource>), AwsError> {
+        let all: Vec<Resource> = ctx
             .aws
             .apigateway
             .get_resources()
             .rest_api_id(api_id)
+            .embed("methods")
             .limit(500)
             .into_paginator()
             .items()
@@ -79,12 +83,11 @@ impl RestApis {
             .try_collect()
             .await
             .context(ctx.id, "apigateway:GetResources")?;
-        let id_of = |wanted: &str| {
-            all.iter()
-                .find(|r| r.path() == Some(wanted))
-                .and_then(|r| r.id().map(str::to_string))
-        };
-        Ok((id_of("/"), id_of(path)))
+        let root = all
+            .iter()
+            .find(|r| r.path() == Some("/"))
+            .and_then(|r| r.id().map(str::to_string));
+        Ok((root, all.into_iter().find(|r| r.path() == Some(path))))
     }
 
     /// Creates `path` (one level under the root: `/upload`) unless it exists; returns its id and whether
@@ -95,8 +98,8 @@ impl RestApis {
         path: &str,
     ) -> Result<(String, bool), AwsError> {
         let (root, found) = Self::resources(ctx, api_id, path).await?;
-        if let Some(id) = found {
-            return Ok((id, false));
+        if let Some(id) = found.as_ref().and_then(Resource::id) {
+            return Ok((id.to_string(), false));
         }
         let root = root.ok_or_else(|| {
             AwsError::terminal(
@@ -329,25 +332,50 @@ impl RestApis {
         Ok(())
     }
 
+    /// The method on `resource`, its integration and its validator: the method as embedded in the
+    /// resources' listing when it came with its integration (AWS embeds whole methods; an answer
+    /// without them, or a method without an integration, is read on its own), the validator from
+    /// `validators`, listed alongside.
     async fn observe_method(
         ctx: &Ctx<'_>,
         api_id: &str,
-        resource_id: &str,
+        resource: &Resource,
+        validators: &[aws_sdk_apigateway::types::RequestValidator],
         desired: &RestApiSpec,
     ) -> Result<(ApiMethod, ApiIntegration, RequestValidator), AwsError> {
         let (mut method, mut integration, mut validator) = missing_method();
-        let Some(m) = ctx
-            .aws
-            .apigateway
-            .get_method()
-            .rest_api_id(api_id)
-            .resource_id(resource_id)
-            .http_method(&desired.method.http_method)
-            .send()
-            .await
-            .context(ctx.id, "apigateway:GetMethod")
-            .optional()?
-        else {
+        let http_method = &desired.method.http_method;
+        let embedded = resource.resource_methods().map(|m| m.get(http_method));
+        let found = match embedded {
+            Some(Some(m)) if m.method_integration().is_some() => Some(m.clone()),
+            // Listed without this method: there is none.
+            Some(None) => None,
+            _ => {
+                let resource_id = resource.id().unwrap_or_default();
+                ctx.aws
+                    .apigateway
+                    .get_method()
+                    .rest_api_id(api_id)
+                    .resource_id(resource_id)
+                    .http_method(http_method)
+                    .send()
+                    .await
+                    .context(ctx.id, "apigateway:GetMethod")
+                    .optional()?
+                    .map(|m| {
+                        Method::builder()
+                            .set_http_method(m.http_method)
+                            .set_authorization_type(m.authorization_type)
+                            .set_api_key_required(m.api_key_required)
+                            .set_request_parameters(m.request_parameters)
+                            .set_request_models(m.request_models)
+                            .set_request_validator_id(m.request_validator_id)
+                            .set_method_integration(m.method_integration)
+                            .build()
+                    })
+            }
+        };
+        let Some(m) = found else {
             return Ok((method, integration, validator));
         };
         method = ApiMethod {
@@ -376,26 +404,36 @@ impl RestApis {
                 uri: i.uri().unwrap_or_default().to_string(),
             };
         }
-        if let Some(id) = m.request_validator_id().filter(|id| !id.is_empty()) {
-            if let Some(v) = ctx
-                .aws
-                .apigateway
-                .get_request_validator()
-                .rest_api_id(api_id)
-                .request_validator_id(id)
-                .send()
-                .await
-                .context(ctx.id, "apigateway:GetRequestValidator")
-                .optional()?
-            {
-                validator = RequestValidator {
-                    name: v.name().unwrap_or_default().to_string(),
-                    validate_request_body: v.validate_request_body(),
-                    validate_request_parameters: v.validate_request_parameters(),
-                };
-            }
+        if let Some(v) = m
+            .request_validator_id()
+            .filter(|id| !id.is_empty())
+            .and_then(|id| validators.iter().find(|v| v.id() == Some(id)))
+        {
+            validator = RequestValidator {
+                name: v.name().unwrap_or_default().to_string(),
+                validate_request_body: v.validate_request_body(),
+                validate_request_parameters: v.validate_request_parameters(),
+            };
         }
         Ok((method, integration, validator))
+    }
+
+    /// Every request validator of the API.
+    async fn validators(
+        ctx: &Ctx<'_>,
+        api_id: &str,
+    ) -> Result<Vec<aws_sdk_apigateway::types::RequestValidator>, AwsError> {
+        // No paginator in the SDK for this one; an API has a handful, far below the page size.
+        let page = ctx
+            .aws
+            .apigateway
+            .get_request_validators()
+            .rest_api_id(api_id)
+            .limit(500)
+            .send()
+            .await
+            .context(ctx.id, "apigateway:GetRequestValidators")?;
+        Ok(page.items.unwrap_or_default())
     }
 
     async fn observe_model(
@@ -487,11 +525,16 @@ impl Driver for RestApis {
         };
         let api_id = observed.id(ctx)?;
         let method = async {
-            let (_, resource_id) = Self::resources(ctx, &api_id, &desired.resource_path).await?;
-            match &resource_id {
-                Some(resource_id) => Self::observe_method(ctx, &api_id, resource_id, desired)
-                    .await
-                    .map(|m| (true, m)),
+            let ((_, resource), validators) = tokio::try_join!(
+                Self::resources(ctx, &api_id, &desired.resource_path),
+                Self::validators(ctx, &api_id),
+            )?;
+            match &resource {
+                Some(resource) => {
+                    Self::observe_method(ctx, &api_id, resource, &validators, desired)
+                        .await
+                        .map(|m| (true, m))
+                }
                 None => Ok((false, missing_method())),
             }
         };
