@@ -193,17 +193,8 @@ impl RestApis {
         api_id: &str,
         desired: &RequestValidator,
     ) -> Result<String, AwsError> {
-        let list = ctx
-            .aws
-            .apigateway
-            .get_request_validators()
-            .rest_api_id(api_id)
-            .limit(500)
-            .send()
-            .await
-            .context(ctx.id, "apigateway:GetRequestValidators")?;
+        let list = Self::validators(ctx, api_id).await?;
         if let Some(v) = list
-            .items()
             .iter()
             .find(|v| v.name() == Some(desired.name.as_str()))
         {
