@@ -7,12 +7,13 @@ import apigateway_delete
 import apigateway_tags
 import apigateway_usage_plan
 import cloudwatch_cbor
+import ecr_tagging
 import iam_resources
 import lambda_config
 import lambda_permission
 import s3_xml_roots
 
-for adapter in (s3_xml_roots, lambda_config, lambda_permission, cloudwatch_cbor, apigateway_delete, apigateway_tags, apigateway_usage_plan, iam_resources):
+for adapter in (s3_xml_roots, lambda_config, lambda_permission, cloudwatch_cbor, apigateway_delete, apigateway_tags, apigateway_usage_plan, iam_resources, ecr_tagging):
     adapter.install()
 
 # The emulator's request log goes to /dev/null in every harness, yet formatting and writing it (werkzeug's
