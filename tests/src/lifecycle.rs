@@ -50,7 +50,7 @@ impl<'a, D: Driver> Subject<'a, D> {
 
     /// The diff of `desired` against `observed`, without this emulator's gaps.
     pub fn diff(&self, desired: &D::Spec, tags: &Tags, observed: &Observed<D::Spec>) -> Changes {
-        let mut changes = diff(desired, tags, observed);
+        let mut changes = diff(desired, tags, &observed.spec, &observed.tags);
         changes.diffs.retain(|d| !self.gaps.contains(&d.field));
         changes
     }

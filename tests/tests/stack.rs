@@ -139,6 +139,21 @@ fn real_changes(report: &Report) -> Vec<String> {
         .collect()
 }
 
+/// Puts an inline policy named `added-by-hand` on `role`, as someone would out of band; returns its
+/// document.
+async fn put_policy_by_hand(aws: &Aws, role: &str) -> serde_json::Value {
+    let by_hand = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"}]});
+    aws.iam
+        .put_role_policy()
+        .role_name(role)
+        .policy_name("added-by-hand")
+        .policy_document(by_hand.to_string())
+        .send()
+        .await
+        .expect("PutRolePolicy");
+    by_hand
+}
+
 fn real_drift(report: &Report) -> Vec<&tap_controller::api::DriftEntry> {
     report
         .drift
@@ -318,16 +333,7 @@ async fn waits_for_images_then_converges_reads_back_and_tears_down() {
     // only what proves each resource ours, so policies put on a role by hand since (which it does not
     // read) are found when IAM refuses the role, and removed with it.
     let role = tap_controller::desired::names::state_machine_role("dev1");
-    let by_hand = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"}]});
-    h.aws
-        .iam
-        .put_role_policy()
-        .role_name(&role)
-        .policy_name("added-by-hand")
-        .policy_document(by_hand.to_string())
-        .send()
-        .await
-        .expect("PutRolePolicy");
+    let by_hand = put_policy_by_hand(&h.aws, &role).await;
     let managed = h
         .aws
         .iam
@@ -1035,6 +1041,10 @@ async fn drift_is_reported_per_field_corrected_and_report_mode_never_writes() {
         .send()
         .await
         .unwrap();
+    // A role is read from the account's authorization details on a resync: a policy added by hand
+    // shows there too.
+    let role = tap_controller::desired::names::state_machine_role("dev3");
+    put_policy_by_hand(&h.aws, &role).await;
 
     // Report mode: the drift shows up in status, and AWS is not written to at all.
     spec.drift_policy = tap_controller::api::DriftPolicy::Report;
@@ -1085,6 +1095,11 @@ async fn drift_is_reported_per_field_corrected_and_report_mode_never_writes() {
         .is_some(),
         "deleted resource reported missing"
     );
+    assert!(
+        find(&reported, &role, "inlinePolicies.added-by-hand").is_some(),
+        "a policy added by hand to a role is reported: {:?}",
+        reported.drift
+    );
     assert_eq!(reported.phase(false), Phase::Drifted);
     let status = reported.status(Some(2), None, false);
     assert_eq!(status.drift_count as usize, reported.drift.len());
@@ -1113,6 +1128,19 @@ async fn drift_is_reported_per_field_corrected_and_report_mode_never_writes() {
         .await
         .unwrap();
     assert_eq!(c.memory_size(), Some(512));
+    let inline = h
+        .aws
+        .iam
+        .list_role_policies()
+        .role_name(&role)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !inline.policy_names().iter().any(|p| p == "added-by-hand"),
+        "the policy added by hand is removed: {:?}",
+        inline.policy_names()
+    );
     h.aws
         .logs
         .describe_log_groups()

@@ -11,9 +11,6 @@
 //!   takes up to 100) instead of one per repository. ECR fails the whole call when one name does not
 //!   exist, so on a stack still being built the batch is no answer and each repository reads on its own;
 //!   policy and tags stay one read each per repository.
-//! - **REST APIs**: one `GetRestApis` listing for every REST API of the stack's walk (the API itself,
-//!   its stage and its usage plan each look the API up by name when they have no outputs to go by: a
-//!   teardown, a resync). Which one is ours is still decided by the owner tag each API carries.
 //! - **Lambda permissions**: the policy of a function (`GetPolicy`) is read once for all its permission
 //!   statements, and the function's tags (its owner tag proves the statements ours) are the ones the
 //!   function's own `GetFunction` read earlier in the same walk (a permission depends on its function).
@@ -44,18 +41,46 @@
 //! serves *tags*: a teardown proves each resource ours by a tag read of its own, just before it
 //! deletes it, so a namesake made under the same ARN since the listing is never taken for ours.
 //!
+//! **Account-wide listings.** Three reads list a whole account and region, every pipeline's resources
+//! in one answer; the engine keeps one [`AccountListings`] per account and region, and the walks of all
+//! its pipelines share their answers:
+//!
+//! - **Roles**: one `GetAccountAuthorizationDetails` (roles only) carries every role's trust policy,
+//!   inline policy documents, attached policies and tags: the four reads a role costs on its own
+//!   (`GetRole`, `ListRolePolicies`, `GetRolePolicy`, `ListAttachedRolePolicies`) in one call for all.
+//!   Only `tap-` roles are kept.
+//! - **REST APIs**: one `GetRestApis` (the API itself, its stage and its usage plan each look the API
+//!   up by name when they have no outputs to go by: a teardown, a resync). Which one is ours is still
+//!   decided by the owner tag each API carries.
+//! - **Usage plans**: one `GetUsagePlans`, likewise.
+//!
+//! A walk takes an answer read at or after its *as-of* instant ([`Batch::for_stack`]): by default the
+//! walk's start, so nothing it reads is older than the walk; the controller's periodic resync and a
+//! timestamped reconcile request set it earlier (see `k8s::reconcile`). The first walk that needs a
+//! listing no answer serves reads it, and every walk running then takes that answer too. An answer is
+//! kept only while a walk that took it runs (the listings hold it weakly): a listing of hundreds of
+//! roles does not outlive the resync wave that read it.
+//!
+//! An answer read **before this walk began** (another walk's, *borrowed*) only ever confirms: a turn
+//! that used one and finds its resource missing, not ours, or different from the spec observes it
+//! again without borrowed answers ([`observing`]), before it reports, remembers or writes anything. A
+//! stale borrowed answer can therefore hide a change made after it was read, until the next walk, but
+//! never cause a write, a held correction or a reported drift.
+//!
 //! The batch lives in a task-local value for the duration of a walk ([`scope`]); outside a walk (driver
 //! tests) there is none and every driver reads on its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
-use aws_sdk_apigateway::types::RestApi;
+use aws_sdk_apigateway::types::{RestApi, UsagePlan};
 use aws_sdk_cloudwatch::types::MetricAlarm;
 use aws_sdk_cloudwatchlogs::types::LogGroup;
 use aws_sdk_ecr::types::Repository;
+use aws_sdk_iam::types::{EntityType, RoleDetail};
 use aws_sdk_resourcegroupstagging::types::TagFilter;
 use tokio::sync::OnceCell;
 
@@ -70,15 +95,14 @@ use super::Ctx;
 const ALARM_NAMES_PER_CALL: usize = 100;
 /// `DescribeRepositories` takes at most this many names.
 const REPOSITORY_NAMES_PER_CALL: usize = 100;
-/// `GetRestApis` answers at most this many APIs per page.
-pub const REST_APIS_PER_PAGE: i32 = 500;
+/// `GetAccountAuthorizationDetails` answers at most this many entities per page.
+const AUTHORIZATION_DETAILS_PER_PAGE: i32 = 1000;
 /// `GetResources` answers at most this many resources per page.
 const TAGGED_RESOURCES_PER_PAGE: i32 = 100;
 
 type Shared<T> = OnceCell<Option<Arc<T>>>;
 
 /// The batched reads of one walk of one stack.
-#[derive(Default)]
 pub struct Batch {
     alarm_names: Vec<String>,
     alarms: Shared<HashMap<String, MetricAlarm>>,
@@ -92,16 +116,35 @@ pub struct Batch {
     tags: Shared<HashMap<String, Tags>>,
     /// Function name → the tags its `GetFunction` read in this walk.
     function_tags: Mutex<HashMap<String, Tags>>,
-    /// Every REST API of the account (API Gateway lists them all; names are not unique).
-    rest_apis: Shared<Vec<RestApi>>,
+    /// The account-wide listings this walk shares with the walks of other pipelines.
+    account: Arc<AccountListings>,
+    /// Account-wide answers read at or after this instant serve the walk.
+    as_of: Instant,
+    /// When the walk began: an answer read before is borrowed (it only confirms).
+    began: Instant,
+    /// The account-wide answer this walk uses, per listing, chosen at its first use.
+    roles: OnceLock<Arc<Answer<HashMap<String, RoleDetail>>>>,
+    rest_apis: OnceLock<Arc<Answer<Vec<RestApi>>>>,
+    usage_plans: OnceLock<Arc<Answer<Vec<UsagePlan>>>>,
     writing: AtomicBool,
     /// A teardown's batch: listings outlive its writes, tags are never served (see the module doc).
     teardown: bool,
 }
 
 impl Batch {
-    /// The batches a walk of `stack` can use.
-    pub fn for_stack(stack: &Stack) -> Self {
+    /// The batches a walk of `stack` can use: its own, and `account`'s answers read at or after `as_of`
+    /// (at the latest, now).
+    pub fn for_stack(stack: &Stack, account: Arc<AccountListings>, as_of: Instant) -> Self {
+        let began = Instant::now();
+        Self {
+            account,
+            as_of: as_of.min(began),
+            began,
+            ..Self::of(stack)
+        }
+    }
+
+    fn of(stack: &Stack) -> Self {
         let names_of = |kind: Kind| {
             stack
                 .resources
@@ -126,11 +169,12 @@ impl Batch {
         }
     }
 
-    /// The batches a teardown of `stack` can use (see the module doc).
+    /// The batches a teardown of `stack` can use (see the module doc): account-wide listings of its own,
+    /// read under its lock, shared with no other walk.
     pub fn for_teardown(stack: &Stack) -> Self {
         Self {
             teardown: true,
-            ..Self::for_stack(stack)
+            ..Self::of(stack)
         }
     }
 
@@ -149,8 +193,135 @@ impl Batch {
     }
 }
 
+impl Default for Batch {
+    fn default() -> Self {
+        let now = Instant::now();
+        Self {
+            alarm_names: Vec::new(),
+            alarms: Shared::default(),
+            log_group_prefix: None,
+            log_groups: Shared::default(),
+            repository_names: Vec::new(),
+            repositories: Shared::default(),
+            policies: Mutex::default(),
+            tags: Shared::default(),
+            function_tags: Mutex::default(),
+            account: Arc::default(),
+            as_of: now,
+            began: now,
+            roles: OnceLock::new(),
+            rest_apis: OnceLock::new(),
+            usage_plans: OnceLock::new(),
+            writing: AtomicBool::new(false),
+            teardown: false,
+        }
+    }
+}
+
+/// The account-wide listings of one account and region (see the module doc), shared by every walk
+/// there.
+#[derive(Default)]
+pub struct AccountListings {
+    /// `tap-` roles by name.
+    roles: Listing<HashMap<String, RoleDetail>>,
+    rest_apis: Listing<Vec<RestApi>>,
+    usage_plans: Listing<Vec<UsagePlan>>,
+}
+
+/// The newest answer of one account-wide listing, while a walk that took it runs.
+struct Listing<T> {
+    newest: Mutex<Weak<Answer<T>>>,
+}
+
+impl<T> Default for Listing<T> {
+    fn default() -> Self {
+        Self {
+            newest: Mutex::new(Weak::new()),
+        }
+    }
+}
+
+/// One reading of a listing: when it was asked for, and (once read) the answer.
+struct Answer<T> {
+    asked: Instant,
+    value: Shared<T>,
+}
+
+impl<T> Listing<T> {
+    /// The newest answer if it was asked for at or after `as_of`, else a new one (read by whoever
+    /// first awaits it).
+    fn answer(&self, as_of: Instant) -> Arc<Answer<T>> {
+        let mut newest = self.newest.lock().expect("listing lock");
+        if let Some(answer) = newest.upgrade().filter(|a| a.asked >= as_of) {
+            return answer;
+        }
+        let answer = Arc::new(Answer {
+            asked: Instant::now(),
+            value: Shared::default(),
+        });
+        *newest = Arc::downgrade(&answer);
+        answer
+    }
+}
+
 tokio::task_local! {
     static BATCH: Arc<Batch>;
+    /// The turn being observed (see [`observing`]).
+    static TURN: Turn;
+}
+
+/// What a turn's observation took from borrowed answers.
+struct Turn {
+    /// Whether it may take borrowed answers at all.
+    borrows: bool,
+    borrowed: AtomicBool,
+}
+
+/// Runs a turn's observation, taking borrowed answers only if `borrows`; says whether it took any.
+/// Such an observation only confirms: anything but "ours, as specified" is observed again with
+/// `borrows: false` (see the module doc).
+pub async fn observing<F: Future>(borrows: bool, work: F) -> (F::Output, bool) {
+    let turn = Turn {
+        borrows,
+        borrowed: AtomicBool::new(false),
+    };
+    TURN.scope(turn, async {
+        let out = work.await;
+        let borrowed = TURN.with(|t| t.borrowed.load(Ordering::SeqCst));
+        (out, borrowed)
+    })
+    .await
+}
+
+/// The account-wide `answer` this walk uses for one listing (its `slot`), read by `fetch` if no one
+/// has yet; `None` when it failed, or when it was read before the walk began and the current turn
+/// takes no borrowed answers.
+async fn account_wide<T, F, Fut>(
+    batch: &Batch,
+    slot: &OnceLock<Arc<Answer<T>>>,
+    listing: &Listing<T>,
+    fetch: F,
+) -> Option<Arc<T>>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+{
+    let answer = slot.get_or_init(|| listing.answer(batch.as_of)).clone();
+    if answer.asked < batch.began {
+        // Outside a turn's observation (a create's own lookup) nothing is borrowed.
+        let borrows = TURN
+            .try_with(|t| {
+                if t.borrows {
+                    t.borrowed.store(true, Ordering::SeqCst);
+                }
+                t.borrows
+            })
+            .unwrap_or(false);
+        if !borrows {
+            return None;
+        }
+    }
+    shared(&answer.value, fetch).await
 }
 
 /// Runs a walk with `batch` as its batched reads.
@@ -298,19 +469,52 @@ pub async fn log_group(ctx: &Ctx<'_>) -> Option<Option<LogGroup>> {
 /// no batched answer.
 pub async fn rest_apis(ctx: &Ctx<'_>) -> Option<Arc<Vec<RestApi>>> {
     let batch = listings()?;
-    shared(&batch.rest_apis, || async {
-        ctx.aws
-            .apigateway
-            .get_rest_apis()
-            .limit(REST_APIS_PER_PAGE)
+    account_wide(&batch, &batch.rest_apis, &batch.account.rest_apis, || {
+        super::apigateway::list_rest_apis(ctx)
+    })
+    .await
+}
+
+/// Every usage plan of the account from one `GetUsagePlans` listing, or `None` when there is no
+/// batched answer.
+pub async fn usage_plans(ctx: &Ctx<'_>) -> Option<Arc<Vec<UsagePlan>>> {
+    let batch = listings()?;
+    account_wide(
+        &batch,
+        &batch.usage_plans,
+        &batch.account.usage_plans,
+        || super::apigateway::list_usage_plans(ctx),
+    )
+    .await
+}
+
+/// Role `ctx.name()` from the account's one `GetAccountAuthorizationDetails` (roles only), with its
+/// trust policy, inline policy documents, attached policies and tags: `Some(None)` when the account
+/// has no such role, `None` when there is no batched answer. A tag answer: never served to a teardown.
+pub async fn role(ctx: &Ctx<'_>) -> Option<Option<RoleDetail>> {
+    let batch = tagging()?;
+    let all = account_wide(&batch, &batch.roles, &batch.account.roles, || async {
+        let pages: Vec<_> = ctx
+            .aws
+            .iam
+            .get_account_authorization_details()
+            .filter(EntityType::Role)
+            .max_items(AUTHORIZATION_DETAILS_PER_PAGE)
             .into_paginator()
-            .items()
             .send()
             .try_collect()
             .await
-            .context(ctx.id, "apigateway:GetRestApis")
+            .context(ctx.id, "iam:GetAccountAuthorizationDetails")?;
+        let ours = names::prefix("");
+        Ok(pages
+            .into_iter()
+            .flat_map(|page| page.role_detail_list.unwrap_or_default())
+            .filter(|role| role.role_name().is_some_and(|n| n.starts_with(&ours)))
+            .filter_map(|role| Some((role.role_name()?.to_string(), role)))
+            .collect::<HashMap<_, _>>())
     })
-    .await
+    .await?;
+    Some(all.get(ctx.name()).cloned())
 }
 
 /// Log group ARNs are written with and without a trailing `:*`; the Tagging API lists them without.
@@ -426,6 +630,8 @@ pub fn function_tags(function: &str) -> Option<Tags> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
 
     #[tokio::test]
@@ -458,5 +664,86 @@ mod tests {
         })
         .await;
         assert!(listings().is_none(), "outside a walk there is no batch");
+    }
+
+    /// A walk of one pipeline, sharing `account`'s listings, that takes answers read at or after
+    /// `as_of`.
+    fn walk(account: &Arc<AccountListings>, as_of: Instant) -> Batch {
+        let began = Instant::now();
+        Batch {
+            account: account.clone(),
+            as_of: as_of.min(began),
+            began,
+            ..Batch::default()
+        }
+    }
+
+    /// Reads the REST API listing as `batch`'s walk would, counting the calls in `reads`.
+    async fn rest_apis_of(batch: &Batch, reads: &AtomicUsize, answer: &str) -> Option<Vec<String>> {
+        let listed = account_wide(
+            batch,
+            &batch.rest_apis,
+            &batch.account.rest_apis,
+            || async {
+                reads.fetch_add(1, Ordering::SeqCst);
+                Ok(vec![RestApi::builder().name(answer).build()])
+            },
+        )
+        .await?;
+        Some(
+            listed
+                .iter()
+                .filter_map(|a| a.name().map(str::to_string))
+                .collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn walks_share_an_account_wide_answer_read_since_their_as_of_and_borrowed_ones_only_confirm(
+    ) {
+        let account = Arc::new(AccountListings::default());
+        let reads = AtomicUsize::new(0);
+        let start = Instant::now();
+
+        let first = walk(&account, start);
+        let read = rest_apis_of(&first, &reads, "first").await;
+        assert_eq!(
+            read,
+            Some(vec!["first".to_string()]),
+            "a walk's own answer, outside any turn"
+        );
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+
+        // A walk that began later and accepts answers since `start` borrows the first walk's answer,
+        // but only inside a turn that takes borrowed answers, and says so.
+        let later = walk(&account, start);
+        let (borrowed_read, borrowed) =
+            observing(true, rest_apis_of(&later, &reads, "second")).await;
+        assert_eq!(borrowed_read, Some(vec!["first".to_string()]));
+        assert!(borrowed, "an answer read before the walk began is borrowed");
+        let (again, borrowed) = observing(false, rest_apis_of(&later, &reads, "second")).await;
+        assert_eq!(
+            again, None,
+            "a turn that takes no borrowed answer reads on its own"
+        );
+        assert!(!borrowed);
+        assert_eq!(rest_apis_of(&later, &reads, "second").await, None);
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "nothing was read again");
+
+        // A walk asking for answers read since now reads its own, and later walks share that one.
+        let fresh = walk(&account, Instant::now());
+        let (own, borrowed) = observing(true, rest_apis_of(&fresh, &reads, "third")).await;
+        assert_eq!(own, Some(vec!["third".to_string()]));
+        assert!(!borrowed, "an answer read during the walk is its own");
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+
+        // Answers live only while a walk holds them: once every walk is done, none is kept.
+        drop((first, later, fresh));
+        let after = walk(&account, start);
+        assert_eq!(
+            rest_apis_of(&after, &reads, "fourth").await,
+            Some(vec!["fourth".to_string()])
+        );
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_iam::types::Role;
+use aws_sdk_iam::types::{Role, RoleDetail};
 use serde_json::Value;
 
 use crate::aws::{AwsError, Optional, ResultExt};
@@ -90,11 +90,49 @@ impl Roles {
 
     /// `GetRole` carries the tags: no `ListRoleTags`.
     fn tags(role: &Role) -> Tags {
+        Self::user_tags(role.tags())
+    }
+
+    fn user_tags(tags: &[aws_sdk_iam::types::Tag]) -> Tags {
         user_tags(
-            role.tags()
-                .iter()
+            tags.iter()
                 .map(|t| (t.key().to_string(), t.value().to_string())),
         )
+    }
+
+    fn trust_policy(document: Option<&str>) -> Value {
+        document.map(parse_policy).unwrap_or(Value::Null)
+    }
+
+    fn observed(ctx: &Ctx<'_>, spec: RoleSpec, tags: Tags) -> Observed<RoleSpec> {
+        Observed::new(spec, tags, Self::outputs(ctx))
+    }
+
+    /// A role as the account's authorization details list it: everything `observe` reads, in one entry.
+    fn from_details(ctx: &Ctx<'_>, role: &RoleDetail) -> Observed<RoleSpec> {
+        let inline_policies = role
+            .role_policy_list()
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.policy_name()?.to_string(),
+                    parse_policy(p.policy_document()?),
+                ))
+            })
+            .collect();
+        let mut managed_policy_arns: Vec<String> = role
+            .attached_managed_policies()
+            .iter()
+            .filter_map(|p| p.policy_arn().map(str::to_string))
+            .collect();
+        managed_policy_arns.sort();
+        managed_policy_arns.dedup();
+        let spec = RoleSpec {
+            assume_role_policy: Self::trust_policy(role.assume_role_policy_document()),
+            inline_policies,
+            managed_policy_arns,
+        };
+        Self::observed(ctx, spec, Self::user_tags(role.tags()))
     }
 
     async fn put_inline(ctx: &Ctx<'_>, policy_name: &str, policy: &Value) -> Result<(), AwsError> {
@@ -212,13 +250,13 @@ impl Driver for Roles {
         ctx: &Ctx<'_>,
         _desired: &RoleSpec,
     ) -> Result<Option<Observed<RoleSpec>>, AwsError> {
+        if let Some(listed) = super::batch::role(ctx).await {
+            return Ok(listed.map(|role| Self::from_details(ctx, &role)));
+        }
         let Some(role) = Self::role(ctx).await? else {
             return Ok(None);
         };
-        let assume_role_policy = role
-            .assume_role_policy_document()
-            .map(parse_policy)
-            .unwrap_or(Value::Null);
+        let assume_role_policy = Self::trust_policy(role.assume_role_policy_document());
         // The inline policies (each read at once) and the attached ones are independent reads.
         let inline = async {
             let names = Self::inline_names(ctx).await?;
@@ -243,18 +281,12 @@ impl Driver for Roles {
             Ok::<BTreeMap<_, _>, AwsError>(policies.into_iter().flatten().collect())
         };
         let (inline_policies, managed_policy_arns) = tokio::try_join!(inline, Self::attached(ctx))?;
-        let tags = Self::tags(&role);
-        Ok(Some(Observed {
-            parent_owner: None,
-            namesakes: 0,
-            spec: RoleSpec {
-                assume_role_policy,
-                inline_policies,
-                managed_policy_arns,
-            },
-            tags,
-            outputs: Self::outputs(ctx),
-        }))
+        let spec = RoleSpec {
+            assume_role_policy,
+            inline_policies,
+            managed_policy_arns,
+        };
+        Ok(Some(Self::observed(ctx, spec, Self::tags(&role))))
     }
 
     /// `GetRole` alone: the policies the delete removes are the ones this stack puts on the role; one
@@ -267,10 +299,10 @@ impl Driver for Roles {
         let Some(role) = Self::role(ctx).await? else {
             return Ok(None);
         };
-        Ok(Some(Observed::new(
+        Ok(Some(Self::observed(
+            ctx,
             desired.clone(),
             Self::tags(&role),
-            Self::outputs(ctx),
         )))
     }
 

@@ -348,15 +348,20 @@ pub fn diff_values(expected: &Value, actual: &Value, path: &str, out: &mut Vec<F
     }
 }
 
-/// Diffs a desired spec and tags against what was observed.
-pub fn diff<S: Serialize>(desired: &S, desired_tags: &Tags, observed: &Observed<S>) -> Changes {
+/// Diffs a desired spec and tags against an observed spec and tags.
+pub fn diff<S: Serialize>(
+    desired: &S,
+    desired_tags: &Tags,
+    observed: &S,
+    observed_tags: &Tags,
+) -> Changes {
     let mut diffs = Vec::new();
     let to_json = |s: &S| serde_json::to_value(s).expect("specs serialize to JSON");
-    diff_values(&to_json(desired), &to_json(&observed.spec), "", &mut diffs);
+    diff_values(&to_json(desired), &to_json(observed), "", &mut diffs);
     let tags = |t: &Tags| serde_json::to_value(t).expect("tags serialize to JSON");
     diff_values(
         &tags(desired_tags),
-        &tags(&observed.tags),
+        &tags(observed_tags),
         "tags",
         &mut diffs,
     );

@@ -64,13 +64,21 @@ pub struct Engine {
     pub concurrency: usize,
     /// Tags added to every resource (the controller's `--extra-tags`).
     pub extra_tags: Tags,
-    /// Clients by region and assumed role (none: the engine's own credentials), built once each.
-    clients: tokio::sync::Mutex<HashMap<(String, Option<AwsAccess>), Aws>>,
+    /// Clients by region and assumed role (none: the engine's own credentials), built once each, with
+    /// the account-wide listings the walks through them share.
+    clients: tokio::sync::Mutex<HashMap<(String, Option<AwsAccess>), Clients>>,
     options: ClientOptions,
     observer: Option<crate::aws::Observer>,
     error_observer: Option<crate::aws::ErrorObserver>,
     progress: Option<Arc<dyn Progress>>,
     lock: LockOptions,
+}
+
+/// One account and region's clients and the listings its walks share (see `drivers::batch`).
+#[derive(Clone)]
+struct Clients {
+    aws: Aws,
+    listings: Arc<drivers::batch::AccountListings>,
 }
 
 /// Told of every resource as its turn in a walk starts and ends (the CLI's live output).
@@ -180,11 +188,15 @@ impl Engine {
 
     /// The clients for a region with the engine's own credentials (see [`Engine::clients`]).
     pub async fn aws(&self, region: Option<&str>) -> Result<Aws, EngineError> {
-        self.clients(region, None).await
+        Ok(self.clients(region, None).await?.aws)
     }
 
     /// The clients a pipeline's calls go through: its region, and its `spec.aws` role when it has one.
     pub async fn aws_for(&self, spec: &TransactionPipelineSpec) -> Result<Aws, EngineError> {
+        Ok(self.clients_for(spec).await?.aws)
+    }
+
+    async fn clients_for(&self, spec: &TransactionPipelineSpec) -> Result<Clients, EngineError> {
         self.clients(spec.region.as_deref(), spec.aws.as_ref())
             .await
     }
@@ -195,14 +207,14 @@ impl Engine {
         &self,
         region: Option<&str>,
         role: Option<&AwsAccess>,
-    ) -> Result<Aws, EngineError> {
+    ) -> Result<Clients, EngineError> {
         let region = region
             .map(str::to_string)
             .unwrap_or_else(|| self.default_region());
         let key = (region.clone(), role.cloned());
         let mut clients = self.clients.lock().await;
-        if let Some(aws) = clients.get(&key) {
-            return Ok(aws.clone());
+        if let Some(found) = clients.get(&key) {
+            return Ok(found.clone());
         }
         let mut sdk = self
             .sdk
@@ -248,14 +260,24 @@ impl Engine {
         if let Some(observer) = &self.error_observer {
             aws.calls.set_error_observer(observer.clone());
         }
-        clients.insert(key, aws.clone());
-        Ok(aws)
+        let built = Clients {
+            aws,
+            listings: Arc::default(),
+        };
+        clients.insert(key, built.clone());
+        Ok(built)
     }
 
     /// Validates the spec and builds the desired stack. No AWS call but STS (once per region).
     pub async fn desired(&self, pipeline: &Pipeline<'_>) -> Result<(Aws, Stack), EngineError> {
+        let (clients, stack) = self.desired_with(pipeline).await?;
+        Ok((clients.aws, stack))
+    }
+
+    async fn desired_with(&self, pipeline: &Pipeline<'_>) -> Result<(Clients, Stack), EngineError> {
         crate::api::validate(pipeline.spec)?;
-        let aws = self.aws_for(pipeline.spec).await?;
+        let clients = self.clients_for(pipeline.spec).await?;
+        let aws = &clients.aws;
         let env = StackEnv {
             account_id: aws.account_id.clone(),
             region: aws.region.clone(),
@@ -263,7 +285,8 @@ impl Engine {
             owner: pipeline.owner.to_string(),
             extra_tags: self.extra_tags.clone(),
         };
-        Ok((aws, desired::build_stack(pipeline.spec, &env)))
+        let stack = desired::build_stack(pipeline.spec, &env);
+        Ok((clients, stack))
     }
 
     /// Converges the stack (or, with `Mode::DryRun` or `driftPolicy: Report`, only observes it).
@@ -274,7 +297,20 @@ impl Engine {
         mode: Mode,
         memory: &mut DriftMemory,
     ) -> Result<Report, EngineError> {
-        let (aws, stack) = self.desired(pipeline).await?;
+        Box::pin(self.reconcile_as_of(pipeline, mode, memory, Instant::now())).await
+    }
+
+    /// [`Engine::reconcile`], taking account-wide listings read at or after `as_of` (see
+    /// `drivers::batch`): the stack as of that instant at the oldest, as far as they can only confirm.
+    pub async fn reconcile_as_of(
+        &self,
+        pipeline: &Pipeline<'_>,
+        mode: Mode,
+        memory: &mut DriftMemory,
+        as_of: Instant,
+    ) -> Result<Report, EngineError> {
+        let (clients, stack) = self.desired_with(pipeline).await?;
+        let aws = clients.aws;
         let mode = if pipeline.spec.drift_policy == DriftPolicy::Report {
             Mode::DryRun
         } else {
@@ -318,7 +354,11 @@ impl Engine {
                 .await
             }
         });
-        let batch = Arc::new(drivers::batch::Batch::for_stack(&stack));
+        let batch = Arc::new(drivers::batch::Batch::for_stack(
+            &stack,
+            clients.listings,
+            as_of,
+        ));
         let (reports, calls) = aws::scope(drivers::batch::scope(
             batch,
             // A stack never written will be: its lock is taken while the first resources are read
@@ -417,7 +457,8 @@ impl Engine {
             // Listings that outlive the teardown's deletes only when read under its lock.
             let batch = match locking {
                 Locking::Before => drivers::batch::Batch::for_teardown(&stack),
-                _ => drivers::batch::Batch::for_stack(&stack),
+                // A teardown shares no account-wide answers: each it reads, it reads itself.
+                _ => drivers::batch::Batch::for_stack(&stack, Arc::default(), Instant::now()),
             };
             let work = drivers::batch::scope(Arc::new(batch), work);
             under_lock(&control, mode, locking, self.progress.as_deref(), work).await

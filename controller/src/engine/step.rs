@@ -332,7 +332,7 @@ impl Step<'_> {
                 // Nothing to read on a stack never written: the create says if it exists after all.
                 None
             } else {
-                match self.observe(driver, spec, Read::Everything).await {
+                match self.observe_current(driver, spec).await {
                     Ok(observed) => observed,
                     Err(e) => return Turn::saw(failure(e.into()), Outputs::default()),
                 }
@@ -375,18 +375,7 @@ impl Step<'_> {
         };
         let resumed =
             !adopt && !observed.tags.contains_key(OWNER_TAG) && id.kind.creates_untagged();
-        let mut observed = observed;
-        let changes = match self.tag_policy {
-            TagPolicy::Exclusive => drivers::diff(spec, tags, &observed),
-            // Tags someone else added are not ours to compare.
-            TagPolicy::Merge => {
-                let all = observed.tags.clone();
-                observed.tags.retain(|k, _| tags.contains_key(k));
-                let changes = drivers::diff(spec, tags, &observed);
-                observed.tags = all;
-                changes
-            }
-        };
+        let changes = self.changes(spec, &observed);
         if adopt {
             return self
                 .adopt(driver, spec, observed, changes, desired_json, observed_at)
@@ -463,6 +452,51 @@ impl Step<'_> {
             }
             Err(e) if e.is_not_found() => Turn::saw(Action::AlreadyGone, Outputs::default()),
             Err(e) => Turn::saw(failure(e.into()), Outputs::default()),
+        }
+    }
+
+    /// Reads the resource to converge it. An observation that took a borrowed answer (another walk's,
+    /// read before this one began: see `drivers::batch`) only confirms: unless it shows the resource
+    /// ours and as specified, the resource is read again without borrowed answers, before anything is
+    /// reported, remembered or written.
+    async fn observe_current<D: Driver>(
+        &self,
+        driver: &D,
+        spec: &D::Spec,
+    ) -> Result<Option<Observed<D::Spec>>, AwsError> {
+        // On the heap: a turn's future holds both readings, and a test thread's 2 MiB stack need not.
+        let (observed, borrowed) = Box::pin(drivers::batch::observing(
+            true,
+            self.observe(driver, spec, Read::Everything),
+        ))
+        .await;
+        let observed = observed?;
+        let confirmed = observed.as_ref().is_some_and(|o| {
+            matches!(self.ownership(o), Ownership::Ours) && self.changes(spec, o).is_empty()
+        });
+        if !borrowed || confirmed {
+            return Ok(observed);
+        }
+        tracing::debug!(resource = %self.resource.id, "a borrowed answer did not confirm: read again");
+        Box::pin(drivers::batch::observing(
+            false,
+            self.observe(driver, spec, Read::Everything),
+        ))
+        .await
+        .0
+    }
+
+    /// What differs between the spec (and the resource's tags) and what was observed. Under
+    /// `tagPolicy: Merge`, tags someone else added are not ours to compare.
+    fn changes<S: Serialize>(&self, spec: &S, observed: &Observed<S>) -> drivers::Changes {
+        let tags = &self.resource.tags;
+        match self.tag_policy {
+            TagPolicy::Exclusive => drivers::diff(spec, tags, &observed.spec, &observed.tags),
+            TagPolicy::Merge => {
+                let mut ours = observed.tags.clone();
+                ours.retain(|k, _| tags.contains_key(k));
+                drivers::diff(spec, tags, &observed.spec, &ours)
+            }
         }
     }
 

@@ -61,7 +61,7 @@ where
         .tags("stray", "x")
         .send()
         .await?;
-    let changes = diff(&observed.spec, &subject.tags, &drifted);
+    let changes = diff(&observed.spec, &subject.tags, &drifted.spec, &drifted.tags);
     assert_eq!(fields(&changes), set(&["tags.stray", "tags.team"]));
     t.aws.calls.reset();
     Ok(Some((drifted, changes)))

@@ -95,7 +95,7 @@ async fn table_lifecycle_drift_and_index_change() -> anyhow::Result<()> {
     // A key change is refused (the table would have to be replaced), and nothing is written.
     let mut rekeyed = table.desired.clone();
     rekeyed.hash_key.name = "id".into();
-    let changes = diff(&rekeyed, &table.tags, &observed);
+    let changes = diff(&rekeyed, &table.tags, &observed.spec, &observed.tags);
     assert_eq!(changes.top_fields(), BTreeSet::from(["hashKey"]));
     t.aws.calls.reset();
     let err = table

@@ -129,7 +129,7 @@ async fn role_create_observe_drift_update_delete() -> anyhow::Result<()> {
     with_managed.managed_policy_arns = vec![managed_arn.clone()];
     let mut fewer_tags = tags.clone();
     fewer_tags.remove("team");
-    let changes = diff(&with_managed, &fewer_tags, &observed);
+    let changes = diff(&with_managed, &fewer_tags, &observed.spec, &observed.tags);
     assert_eq!(fields(&changes), set(&["managedPolicyArns", "tags.team"]));
     t.aws.calls.reset();
     role.update_with(&with_managed, &fewer_tags, &observed, &changes)
@@ -140,7 +140,7 @@ async fn role_create_observe_drift_update_delete() -> anyhow::Result<()> {
         "attach and untag, nothing else"
     );
     let observed = role.observe_as(&with_managed).await?.expect("still there");
-    assert!(diff(&with_managed, &fewer_tags, &observed).is_empty());
+    assert!(diff(&with_managed, &fewer_tags, &observed.spec, &observed.tags).is_empty());
 
     // Delete detaches and deletes the policies first (IAM refuses otherwise): those observed, then,
     // refused for one put after that read, those listed afresh.

@@ -16,7 +16,7 @@ pub use usage_plan::UsagePlans;
 
 use std::collections::HashMap;
 
-use aws_sdk_apigateway::types::{Op, PatchOperation, RestApi};
+use aws_sdk_apigateway::types::{Op, PatchOperation, RestApi, UsagePlan};
 
 use crate::aws::{AwsError, ResultExt};
 use crate::desired::{Kind, Tags, OWNER_TAG};
@@ -87,6 +87,37 @@ fn once() -> aws_sdk_apigateway::config::Builder {
         .retry_config(aws_config::retry::RetryConfig::disabled())
 }
 
+/// API Gateway answers at most this many REST APIs or usage plans per page.
+const ITEMS_PER_PAGE: i32 = 500;
+
+/// Every REST API of the account (names are not unique): one `GetRestApis` listing.
+pub(crate) async fn list_rest_apis(ctx: &Ctx<'_>) -> Result<Vec<RestApi>, AwsError> {
+    ctx.aws
+        .apigateway
+        .get_rest_apis()
+        .limit(ITEMS_PER_PAGE)
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .context(ctx.id, "apigateway:GetRestApis")
+}
+
+/// Every usage plan of the account: one `GetUsagePlans` listing.
+pub(crate) async fn list_usage_plans(ctx: &Ctx<'_>) -> Result<Vec<UsagePlan>, AwsError> {
+    ctx.aws
+        .apigateway
+        .get_usage_plans()
+        .limit(ITEMS_PER_PAGE)
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .context(ctx.id, "apigateway:GetUsagePlans")
+}
+
 /// The REST API named `name` that `ctx.owner` owns (or, failing that, a same-named other one), and the
 /// other copies it owns.
 async fn find_rest_apis(ctx: &Ctx<'_>, name: &str) -> Result<Picked<RestApi>, AwsError> {
@@ -96,20 +127,11 @@ async fn find_rest_apis(ctx: &Ctx<'_>, name: &str) -> Result<Picked<RestApi>, Aw
             .filter(|a| a.name() == Some(name))
             .cloned()
             .collect(),
-        None => {
-            let all: Vec<RestApi> = ctx
-                .aws
-                .apigateway
-                .get_rest_apis()
-                .limit(super::batch::REST_APIS_PER_PAGE)
-                .into_paginator()
-                .items()
-                .send()
-                .try_collect()
-                .await
-                .context(ctx.id, "apigateway:GetRestApis")?;
-            all.into_iter().filter(|a| a.name() == Some(name)).collect()
-        }
+        None => list_rest_apis(ctx)
+            .await?
+            .into_iter()
+            .filter(|a| a.name() == Some(name))
+            .collect(),
     };
     Ok(pick(named, ctx.owner, RestApi::tags, |a| {
         a.created_date().map(|d| (d.secs(), d.subsec_nanos()))
