@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::future::BoxFuture;
@@ -25,10 +25,13 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// What the reconciler needs from the engine: converge or tear down one pipeline. [`Engine`] is the
 /// implementation; tests substitute their own.
 pub trait Backend: Send + Sync {
+    /// Converges the pipeline, taking account-wide answers read at or after `as_of` (see
+    /// `drivers::batch`).
     fn reconcile<'a>(
         &'a self,
         pipeline: Pipeline<'a>,
         memory: &'a mut DriftMemory,
+        as_of: Instant,
     ) -> BoxFuture<'a, Result<Report, EngineError>>;
     fn teardown<'a>(&'a self, pipeline: Pipeline<'a>)
         -> BoxFuture<'a, Result<Report, EngineError>>;
@@ -39,8 +42,11 @@ impl Backend for Engine {
         &'a self,
         pipeline: Pipeline<'a>,
         memory: &'a mut DriftMemory,
+        as_of: Instant,
     ) -> BoxFuture<'a, Result<Report, EngineError>> {
-        Box::pin(async move { Engine::reconcile(self, &pipeline, Mode::Apply, memory).await })
+        Box::pin(async move {
+            Engine::reconcile_as_of(self, &pipeline, Mode::Apply, memory, as_of).await
+        })
     }
 
     fn teardown<'a>(
@@ -70,6 +76,13 @@ pub fn jittered(requeue: Duration, resync: Duration, fraction: f64) -> Duration 
     }
 }
 
+/// What a reconcile was asked for: the spec's generation and the reconcile request annotation's value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Handled {
+    pub generation: Option<i64>,
+    pub request: Option<String>,
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
@@ -85,6 +98,9 @@ pub struct Context {
     pub heap: IdleTrim,
     /// Drift memory per pipeline (by uid), between reconciles.
     memories: Mutex<HashMap<String, DriftMemory>>,
+    /// What each pipeline's last reconcile was asked for (by uid): tells a spec change or a reconcile
+    /// request from a resync.
+    handled: Mutex<HashMap<String, Handled>>,
     /// Backoff per pipeline (`namespace/name`) while it keeps failing transiently.
     failures: Mutex<HashMap<String, ExponentialBackoff>>,
 }
@@ -110,6 +126,7 @@ impl Context {
             suffixes: SuffixGuard::default(),
             heap: IdleTrim::default(),
             memories: Default::default(),
+            handled: Default::default(),
             failures: Default::default(),
         }
     }
@@ -143,11 +160,23 @@ impl Context {
             .insert(key.to_string(), memory);
     }
 
+    /// Records what a reconcile of pipeline `key` was asked for; returns what the previous one was.
+    pub fn handle(&self, key: &str, now: Handled) -> Option<Handled> {
+        self.handled
+            .lock()
+            .expect("handled lock poisoned")
+            .insert(key.to_string(), now)
+    }
+
     /// Everything kept about a pipeline that is gone.
     pub fn forget(&self, key: &str, owner: &str) {
         self.memories
             .lock()
             .expect("memory lock poisoned")
+            .remove(key);
+        self.handled
+            .lock()
+            .expect("handled lock poisoned")
             .remove(key);
         self.succeeded(owner);
         self.metrics.set_phase(owner, None);

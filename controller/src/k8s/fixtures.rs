@@ -367,6 +367,7 @@ impl Backend for ScriptedBackend {
         &'a self,
         _: Pipeline<'a>,
         _: &'a mut DriftMemory,
+        _: std::time::Instant,
     ) -> BoxFuture<'a, Result<Report, EngineError>> {
         self.reconcile_calls.fetch_add(1, Ordering::SeqCst);
         let next = self

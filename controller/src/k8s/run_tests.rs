@@ -152,6 +152,7 @@ impl Backend for ProbeBackend {
         &'a self,
         _: Pipeline<'a>,
         _: &'a mut DriftMemory,
+        _: std::time::Instant,
     ) -> BoxFuture<'a, Result<Report, EngineError>> {
         self.walk()
     }

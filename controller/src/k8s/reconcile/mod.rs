@@ -3,7 +3,9 @@
 //! place, [`commit`], carries it out.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -11,7 +13,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::ResourceExt;
 
-use super::context::Context;
+use super::context::{Context, Handled};
 use super::error::{Error, ErrorCategory};
 use super::{events, secret, status};
 use crate::api::{
@@ -24,6 +26,49 @@ use crate::engine::{Action as EngineAction, DriftMemory, EngineError, Pipeline, 
 pub const PROVISIONING_REQUEUE: Duration = Duration::from_secs(15);
 /// Requeue after a correction, to verify it held.
 pub const VERIFY_REQUEUE: Duration = Duration::from_secs(10);
+
+/// How much older than itself a resync's walk may take the account-wide answers other pipelines'
+/// walks read (the listing of every role, REST API and usage plan: see `drivers::batch`): pipelines
+/// resyncing within this of each other (the jitter spreads a fleet over a tenth of the period) read
+/// each listing once between them. Such an answer only confirms, so the most it does is see a change
+/// made in these seconds at the next resync rather than this one.
+pub const RESYNC_SHARED_READS_AGE: Duration = Duration::from_secs(10);
+
+/// How much older than now the account-wide answers a reconcile takes may be, from what it was asked
+/// for (`now`) and what the pipeline's previous reconcile was (`previous`, none since the controller
+/// started): a spec change reads them afresh; a new reconcile request whose value is a timestamp
+/// (`date +%s`, RFC 3339) takes answers read since that moment, any other value afresh; a resync, a
+/// retry, or the first reconcile after a restart, up to [`RESYNC_SHARED_READS_AGE`].
+pub fn shared_reads_age(
+    previous: Option<&Handled>,
+    now: &Handled,
+    wall_clock: DateTime<Utc>,
+) -> Duration {
+    let mut age = RESYNC_SHARED_READS_AGE;
+    if previous.is_some_and(|p| p.generation != now.generation) {
+        age = Duration::ZERO;
+    }
+    if let Some(request) = now.request.as_deref() {
+        if previous.and_then(|p| p.request.as_deref()) != Some(request) {
+            let since = requested_at(request)
+                .and_then(|at| (wall_clock - at).to_std().ok())
+                .unwrap_or(Duration::ZERO);
+            age = age.min(since);
+        }
+    }
+    age
+}
+
+/// The moment a reconcile request's value names: epoch seconds or an RFC 3339 timestamp.
+fn requested_at(value: &str) -> Option<DateTime<Utc>> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<i64>() {
+        return DateTime::from_timestamp(seconds, 0);
+    }
+    DateTime::parse_from_rfc3339(value)
+        .ok()
+        .map(|at| at.with_timezone(&Utc))
+}
 
 /// What one reconcile decided.
 pub struct Outcome {
@@ -253,6 +298,13 @@ async fn apply(p: &TransactionPipeline, ctx: &Context) -> Outcome {
     }
 
     let key = memory_key(p);
+    let asked = Handled {
+        generation: p.metadata.generation,
+        request: p.control_annotations().1.map(str::to_string),
+    };
+    let previous = ctx.handle(&key, asked.clone());
+    let age = shared_reads_age(previous.as_ref(), &asked, Utc::now());
+    let as_of = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
     let mut memory = ctx.take_memory(&key);
     let result = ctx
         .backend
@@ -262,6 +314,7 @@ async fn apply(p: &TransactionPipeline, ctx: &Context) -> Outcome {
                 spec: &p.spec,
             },
             &mut memory,
+            as_of,
         )
         .await;
     let outcome = match result {

@@ -637,3 +637,61 @@ fn requeue_follows_the_phase() {
         resync
     );
 }
+
+fn asked(generation: i64, request: Option<&str>) -> Handled {
+    Handled {
+        generation: Some(generation),
+        request: request.map(str::to_string),
+    }
+}
+
+/// A resync may share listings read up to [`RESYNC_SHARED_READS_AGE`] ago; a spec change reads them
+/// afresh; a new timestamped request takes what was read since its moment, any other request reads
+/// afresh.
+#[test]
+fn what_a_reconcile_was_asked_for_bounds_the_age_of_the_listings_it_shares() {
+    let now = DateTime::parse_from_rfc3339("2026-12-07T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let resync = asked(3, Some("1796644000"));
+    assert_eq!(
+        shared_reads_age(Some(&resync), &resync, now),
+        RESYNC_SHARED_READS_AGE,
+        "nothing new: a resync or a retry"
+    );
+    assert_eq!(
+        shared_reads_age(None, &asked(3, None), now),
+        RESYNC_SHARED_READS_AGE,
+        "the first reconcile after a restart"
+    );
+    assert_eq!(
+        shared_reads_age(Some(&resync), &asked(4, Some("1796644000")), now),
+        Duration::ZERO,
+        "a spec change"
+    );
+    let request = |value: &str| shared_reads_age(Some(&resync), &asked(3, Some(value)), now);
+    assert_eq!(
+        request("2026-12-07T11:59:57.5Z"),
+        Duration::from_millis(2500)
+    );
+    assert_eq!(
+        request(&(now.timestamp() - 4).to_string()),
+        Duration::from_secs(4)
+    );
+    assert_eq!(
+        request("2026-12-07T11:00:00Z"),
+        RESYNC_SHARED_READS_AGE,
+        "an old timestamp shares no more than a resync"
+    );
+    assert_eq!(
+        request("2026-12-07T12:00:30Z"),
+        Duration::ZERO,
+        "a future one reads afresh"
+    );
+    assert_eq!(request("please"), Duration::ZERO, "not a timestamp: afresh");
+    assert_eq!(
+        shared_reads_age(Some(&resync), &asked(4, Some("2026-12-07T11:59:58Z")), now),
+        Duration::ZERO,
+        "a spec change with a request reads afresh"
+    );
+}
