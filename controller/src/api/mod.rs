@@ -446,7 +446,9 @@ pub const PAUSED_ANNOTATION: &str = "tap.dev/paused";
 
 /// Annotation that asks for a reconcile now (a drift check without waiting for the resync period):
 /// any new value, e.g. `kubectl annotate --overwrite transactionpipeline NAME
-/// tap.dev/reconcile-requested-at="$(date +%s)"`. Its value means nothing else.
+/// tap.dev/reconcile-requested-at="$(date +%s)"`. A timestamp (epoch seconds, RFC 3339) asks for the
+/// stack as of that moment: account-wide listings read since then by other pipelines' walks may serve
+/// it (see `k8s::reconcile::shared_reads_age`); any other value reads everything afresh.
 pub const RECONCILE_REQUEST_ANNOTATION: &str = "tap.dev/reconcile-requested-at";
 
 impl TransactionPipeline {
