@@ -494,24 +494,30 @@ pub async fn usage_plans(ctx: &Ctx<'_>) -> Option<Arc<Vec<UsagePlan>>> {
 pub async fn role(ctx: &Ctx<'_>) -> Option<Option<RoleDetail>> {
     let batch = tagging()?;
     let all = account_wide(&batch, &batch.roles, &batch.account.roles, || async {
-        let pages: Vec<_> = ctx
+        let mut pages = ctx
             .aws
             .iam
             .get_account_authorization_details()
             .filter(EntityType::Role)
             .max_items(AUTHORIZATION_DETAILS_PER_PAGE)
             .into_paginator()
-            .send()
-            .try_collect()
-            .await
-            .context(ctx.id, "iam:GetAccountAuthorizationDetails")?;
+            .send();
         let ours = names::prefix("");
-        Ok(pages
-            .into_iter()
-            .flat_map(|page| page.role_detail_list.unwrap_or_default())
-            .filter(|role| role.role_name().is_some_and(|n| n.starts_with(&ours)))
-            .filter_map(|role| Some((role.role_name()?.to_string(), role)))
-            .collect::<HashMap<_, _>>())
+        let mut roles = HashMap::new();
+        // Each page is filtered as it arrives: the account's other roles are never all held at once.
+        while let Some(page) = pages.next().await {
+            let page = page.context(ctx.id, "iam:GetAccountAuthorizationDetails")?;
+            roles.extend(
+                page.role_detail_list
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|role| {
+                        let name = role.role_name()?.to_string();
+                        name.starts_with(&ours).then_some((name, role))
+                    }),
+            );
+        }
+        Ok(roles)
     })
     .await?;
     Some(all.get(ctx.name()).cloned())
