@@ -103,6 +103,7 @@ const TAGGED_RESOURCES_PER_PAGE: i32 = 100;
 type Shared<T> = OnceCell<Option<Arc<T>>>;
 
 /// The batched reads of one walk of one stack.
+#[derive(Default)]
 pub struct Batch {
     alarm_names: Vec<String>,
     alarms: Shared<HashMap<String, MetricAlarm>>,
@@ -118,10 +119,7 @@ pub struct Batch {
     function_tags: Mutex<HashMap<String, Tags>>,
     /// The account-wide listings this walk shares with the walks of other pipelines.
     account: Arc<AccountListings>,
-    /// Account-wide answers read at or after this instant serve the walk.
-    as_of: Instant,
-    /// When the walk began: an answer read before is borrowed (it only confirms).
-    began: Instant,
+    window: Window,
     /// The account-wide answer this walk uses, per listing, chosen at its first use.
     roles: OnceLock<Arc<Answer<HashMap<String, RoleDetail>>>>,
     rest_apis: OnceLock<Arc<Answer<Vec<RestApi>>>>,
@@ -135,11 +133,9 @@ impl Batch {
     /// The batches a walk of `stack` can use: its own, and `account`'s answers read at or after `as_of`
     /// (at the latest, now).
     pub fn for_stack(stack: &Stack, account: Arc<AccountListings>, as_of: Instant) -> Self {
-        let began = Instant::now();
         Self {
             account,
-            as_of: as_of.min(began),
-            began,
+            window: Window::since(as_of),
             ..Self::of(stack)
         }
     }
@@ -193,28 +189,28 @@ impl Batch {
     }
 }
 
-impl Default for Batch {
-    fn default() -> Self {
-        let now = Instant::now();
+/// Which account-wide answers serve a walk.
+struct Window {
+    /// Answers read at or after this instant serve the walk.
+    as_of: Instant,
+    /// When the walk began: an answer read before is borrowed (it only confirms).
+    began: Instant,
+}
+
+impl Window {
+    /// A walk beginning now that takes answers read since `as_of` (at the latest, now).
+    fn since(as_of: Instant) -> Self {
+        let began = Instant::now();
         Self {
-            alarm_names: Vec::new(),
-            alarms: Shared::default(),
-            log_group_prefix: None,
-            log_groups: Shared::default(),
-            repository_names: Vec::new(),
-            repositories: Shared::default(),
-            policies: Mutex::default(),
-            tags: Shared::default(),
-            function_tags: Mutex::default(),
-            account: Arc::default(),
-            as_of: now,
-            began: now,
-            roles: OnceLock::new(),
-            rest_apis: OnceLock::new(),
-            usage_plans: OnceLock::new(),
-            writing: AtomicBool::new(false),
-            teardown: false,
+            as_of: as_of.min(began),
+            began,
         }
+    }
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self::since(Instant::now())
     }
 }
 
@@ -306,8 +302,10 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, AwsError>>,
 {
-    let answer = slot.get_or_init(|| listing.answer(batch.as_of)).clone();
-    if answer.asked < batch.began {
+    let answer = slot
+        .get_or_init(|| listing.answer(batch.window.as_of))
+        .clone();
+    if answer.asked < batch.window.began {
         // Outside a turn's observation (a create's own lookup) nothing is borrowed.
         let borrows = TURN
             .try_with(|t| {
@@ -465,27 +463,40 @@ pub async fn log_group(ctx: &Ctx<'_>) -> Option<Option<LogGroup>> {
     Some(all.get(ctx.name()).cloned())
 }
 
-/// Every REST API of the account from the walk's one `GetRestApis` listing, or `None` when there is
-/// no batched answer.
-pub async fn rest_apis(ctx: &Ctx<'_>) -> Option<Arc<Vec<RestApi>>> {
-    let batch = listings()?;
-    account_wide(&batch, &batch.rest_apis, &batch.account.rest_apis, || {
-        super::apigateway::list_rest_apis(ctx)
-    })
+/// Every REST API of the account: the account-wide `GetRestApis` answer, or one read for this turn
+/// alone when no answer serves it.
+pub async fn rest_apis(ctx: &Ctx<'_>) -> Result<Arc<Vec<RestApi>>, AwsError> {
+    let read = || super::apigateway::list_rest_apis(ctx);
+    listed_or_read(|batch| (&batch.rest_apis, &batch.account.rest_apis), read).await
+}
+
+/// Every usage plan of the account, likewise from `GetUsagePlans`.
+pub async fn usage_plans(ctx: &Ctx<'_>) -> Result<Arc<Vec<UsagePlan>>, AwsError> {
+    let read = || super::apigateway::list_usage_plans(ctx);
+    listed_or_read(
+        |batch| (&batch.usage_plans, &batch.account.usage_plans),
+        read,
+    )
     .await
 }
 
-/// Every usage plan of the account from one `GetUsagePlans` listing, or `None` when there is no
-/// batched answer.
-pub async fn usage_plans(ctx: &Ctx<'_>) -> Option<Arc<Vec<UsagePlan>>> {
-    let batch = listings()?;
-    account_wide(
-        &batch,
-        &batch.usage_plans,
-        &batch.account.usage_plans,
-        || super::apigateway::list_usage_plans(ctx),
-    )
-    .await
+/// The walk's answer of the listing `which` picks (see [`account_wide`]), or `read`'s own when none
+/// serves.
+async fn listed_or_read<T, F, Fut>(
+    which: impl Fn(&Batch) -> (&OnceLock<Arc<Answer<T>>>, &Listing<T>),
+    read: F,
+) -> Result<Arc<T>, AwsError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, AwsError>>,
+{
+    if let Some(batch) = listings() {
+        let (slot, listing) = which(&batch);
+        if let Some(listed) = account_wide(&batch, slot, listing, &read).await {
+            return Ok(listed);
+        }
+    }
+    Ok(Arc::new(read().await?))
 }
 
 /// Role `ctx.name()` from the account's one `GetAccountAuthorizationDetails` (roles only), with its
@@ -675,11 +686,9 @@ mod tests {
     /// A walk of one pipeline, sharing `account`'s listings, that takes answers read at or after
     /// `as_of`.
     fn walk(account: &Arc<AccountListings>, as_of: Instant) -> Batch {
-        let began = Instant::now();
         Batch {
             account: account.clone(),
-            as_of: as_of.min(began),
-            began,
+            window: Window::since(as_of),
             ..Batch::default()
         }
     }

@@ -471,10 +471,13 @@ impl Step<'_> {
         ))
         .await;
         let observed = observed?;
+        if !borrowed {
+            return Ok(observed);
+        }
         let confirmed = observed.as_ref().is_some_and(|o| {
             matches!(self.ownership(o), Ownership::Ours) && self.changes(spec, o).is_empty()
         });
-        if !borrowed || confirmed {
+        if confirmed {
             return Ok(observed);
         }
         tracing::debug!(resource = %self.resource.id, "a borrowed answer did not confirm: read again");

@@ -121,18 +121,12 @@ pub(crate) async fn list_usage_plans(ctx: &Ctx<'_>) -> Result<Vec<UsagePlan>, Aw
 /// The REST API named `name` that `ctx.owner` owns (or, failing that, a same-named other one), and the
 /// other copies it owns.
 async fn find_rest_apis(ctx: &Ctx<'_>, name: &str) -> Result<Picked<RestApi>, AwsError> {
-    let named = match super::batch::rest_apis(ctx).await {
-        Some(all) => all
-            .iter()
-            .filter(|a| a.name() == Some(name))
-            .cloned()
-            .collect(),
-        None => list_rest_apis(ctx)
-            .await?
-            .into_iter()
-            .filter(|a| a.name() == Some(name))
-            .collect(),
-    };
+    let named = super::batch::rest_apis(ctx)
+        .await?
+        .iter()
+        .filter(|a| a.name() == Some(name))
+        .cloned()
+        .collect();
     Ok(pick(named, ctx.owner, RestApi::tags, |a| {
         a.created_date().map(|d| (d.secs(), d.subsec_nanos()))
     }))

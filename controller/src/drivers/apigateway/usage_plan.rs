@@ -97,18 +97,12 @@ impl UsagePlans {
 
     /// The plan named like the resource that this pipeline owns (see [`pick`]), and its other copies.
     async fn find_plans(ctx: &Ctx<'_>) -> Result<Picked<UsagePlan>, AwsError> {
-        let named = match super::super::batch::usage_plans(ctx).await {
-            Some(all) => all
-                .iter()
-                .filter(|p| p.name() == Some(ctx.name()))
-                .cloned()
-                .collect(),
-            None => super::list_usage_plans(ctx)
-                .await?
-                .into_iter()
-                .filter(|p| p.name() == Some(ctx.name()))
-                .collect(),
-        };
+        let named = super::super::batch::usage_plans(ctx)
+            .await?
+            .iter()
+            .filter(|p| p.name() == Some(ctx.name()))
+            .cloned()
+            .collect();
         // Usage plans have no creation date: ties break on the id.
         Ok(pick(named, ctx.owner, UsagePlan::tags, |_| None))
     }
